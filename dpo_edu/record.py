@@ -1,0 +1,49 @@
+"""Values a notebook publishes for its tests.
+
+``record(name, value)`` shows ``name = value`` in the notebook and stores the value in the cell's
+output under a dedicated MIME type; ``read_records(path)`` reads every recorded value back
+from an executed notebook, so tests assert on what the notebook proved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+MIME_TYPE = "application/vnd.dpo-edu.record+json"
+
+
+def _plain(value):
+    """A JSON-friendly copy of ``value`` (tensors and numpy scalars become Python numbers/lists)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def record(name: str, value):
+    """Publish ``value`` under ``name`` (shown as ``name = value``); returns ``value`` unchanged."""
+    from IPython.display import display
+
+    plain = _plain(value)
+    shown = f"{plain:.6g}" if isinstance(plain, float) else json.dumps(plain)
+    display({"text/plain": f"{name} = {shown}", MIME_TYPE: {"name": name, "value": plain}}, raw=True)
+    return value
+
+
+def read_records(notebook: str | Path) -> dict:
+    """Every value recorded in an executed notebook, by name (a later record of a name wins)."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    records = {}
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {}).get(MIME_TYPE)
+            if data is not None:
+                records[data["name"]] = data["value"]
+    return records
