@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .losses import bradley_terry_loss
+from .toy import one_thread
 from .validate import check_finite, check_positive, check_same_shape
 
 
@@ -88,7 +89,8 @@ def fit_bradley_terry(
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    with one_thread():
+        optimizer.step(closure)
     fitted = reward.detach()
     return fitted - fitted.mean()
 

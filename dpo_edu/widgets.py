@@ -1,0 +1,104 @@
+"""Interactive explorers: sliders wired to the pure figures of ``plots``.
+
+Each ``explore_*`` returns a widget box: sliders, a one-line text readout (which a browser
+test can read) and the figure, redrawn when a slider is released. Only ipywidgets APIs
+common to 7.7 (Colab) and 8.x are used. In a notebook::
+
+    explore_x() if INTERACTIVE else plots.plot_x(...)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import ipywidgets as widgets
+import torch
+from IPython.display import display
+from matplotlib.figure import Figure
+
+from . import bradley_terry, plots, toy
+
+READOUT_CLASS = "dpo-edu-readout"
+
+
+def explorer(controls: dict[str, widgets.Widget], render: Callable[..., tuple[Figure, str]]) -> widgets.VBox:
+    """Wire ``controls`` to ``render(**values) -> (figure, readout text)``; draw once now."""
+    output = widgets.Output()
+    readout = widgets.HTML()
+    readout.add_class(READOUT_CLASS)
+
+    def update(_change=None):
+        figure, text = render(**{name: control.value for name, control in controls.items()})
+        readout.value = text
+        with output:
+            output.clear_output(wait=True)
+            display(figure)
+
+    for control in controls.values():
+        control.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox(list(controls.values())), readout, output])
+
+
+def _slider_style() -> dict:
+    return {"continuous_update": False, "style": {"description_width": "initial"}}
+
+
+def explore_bradley_terry(n_items: int = 8, counts=(25, 50, 100, 200, 500, 1000, 2000, 5000, 10000), seed: int = 0):
+    """Sliders: number of comparisons and reward scale → fitted vs hidden rewards."""
+
+    def render(n_comparisons, reward_scale):
+        recovery = bradley_terry.recovery_experiment(n_items, n_comparisons, reward_scale, seed=seed)
+        text = f"n = {n_comparisons:,} comparisons, reward scale {reward_scale:.2f}: RMS error {recovery.error:.3f}"
+        return plots.plot_bt_recovery(recovery), text
+
+    controls = {
+        "n_comparisons": widgets.SelectionSlider(
+            options=list(counts), value=counts[len(counts) // 2], description="comparisons", **_slider_style()
+        ),
+        "reward_scale": widgets.FloatSlider(
+            value=1.0, min=0.1, max=5.0, step=0.1, description="reward scale", readout_format=".2f", **_slider_style()
+        ),
+    }
+    return explorer(controls, render)
+
+
+def explore_optimal_policy(ref, reward, beta: float = 1.0):
+    """A β slider (log scale) → π_ref, π*, r and the reward–KL curve with the current β marked."""
+    betas = torch.logspace(-2, 2, 81, dtype=ref.dtype)
+
+    def render(beta):
+        pi_star = toy.optimal_policy(ref[None], reward[None], beta)
+        kl = toy.kl_divergence(pi_star, ref[None]).item()
+        expected = toy.expected_reward(pi_star, reward[None]).item()
+        text = f"β = {beta:.2f}: KL(π*‖π_ref) = {kl:.3f}, E[r] = {expected:.3f}, max π* = {pi_star.max().item():.3f}"
+        return plots.plot_optimal_policy(ref, reward, beta, betas), text
+
+    controls = {
+        "beta": widgets.FloatLogSlider(
+            value=beta, base=10, min=-2, max=2, step=0.05, description="β", readout_format=".2f", **_slider_style()
+        )
+    }
+    return explorer(controls, render)
+
+
+def explore_dpo_loss(margin: float = 0.0, label_smoothing: float = 0.1):
+    """Sliders: the margin h = r̂_w − r̂_l and cDPO's ε → the losses and DPO's gradient weight σ(−h)."""
+
+    def render(margin, label_smoothing):
+        loss = math.log1p(math.exp(-margin))  # −log σ(h)
+        weight = 1 / (1 + math.exp(margin))  # σ(r̂_l − r̂_w)
+        text = f"margin h = {margin:.2f}: DPO loss {loss:.3f}, gradient weight σ(−h) = {weight:.3f}"
+        return plots.plot_dpo_loss(margin, label_smoothing), text
+
+    controls = {
+        "margin": widgets.FloatSlider(
+            value=margin, min=-5.0, max=5.0, step=0.25, description="margin h", readout_format=".2f", **_slider_style()
+        ),
+        "label_smoothing": widgets.FloatSlider(
+            value=label_smoothing, min=0.0, max=0.45, step=0.05, description="cDPO ε", readout_format=".2f",
+            **_slider_style()
+        ),
+    }
+    return explorer(controls, render)

@@ -1,0 +1,50 @@
+"""The committed notebooks: no outputs, a py:percent twin in sync, a papermill parameters cell."""
+
+import ast
+import json
+from pathlib import Path
+
+import jupytext
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def cells(notebook) -> list[tuple[str, str, list]]:
+    return [(c.cell_type, c.source.strip(), c.metadata.get("tags", [])) for c in notebook.cells]
+
+
+def test_course_notebooks_exist():
+    names = [nb.stem for nb in NOTEBOOKS]
+    assert names[:3] == ["01_bradley_terry", "02_optimal_policy", "03_dpo_objective"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(path):
+    for index, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if cell["cell_type"] == "code":
+            assert not cell["outputs"], f"{path.name} cell {index} has outputs"
+            assert cell["execution_count"] is None, f"{path.name} cell {index} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_twin_in_sync(path):
+    twin = path.with_suffix(".py")
+    assert twin.exists(), f"{path.name} has no py:percent twin; run: jupytext --sync {path}"
+    assert cells(jupytext.read(twin)) == cells(jupytext.read(path)), (
+        f"{path.name} and {twin.name} differ; run: jupytext --sync {path}"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_holds_flat_literals(path):
+    notebook = jupytext.read(path)
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    assigned = {}
+    for node in ast.parse(tagged[0].source).body:
+        assert isinstance(node, ast.Assign), f"{path.name}: the parameters cell holds assignments only"
+        assigned[node.targets[0].id] = ast.literal_eval(node.value)  # raises on anything but a literal
+    assert {"PRESET", "SEED", "INTERACTIVE"} <= set(assigned)
+    assert assigned["PRESET"] == "cpu" and assigned["INTERACTIVE"] is True

@@ -1,0 +1,57 @@
+"""The figures are pure functions of their inputs: check what they draw, not how it looks."""
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from dpo_edu import bradley_terry, plots, toy
+
+
+def test_bt_recovery_plots_centred_rewards_against_fit():
+    recovery = bradley_terry.recovery_experiment(5, 300, seed=1)
+    fig = plots.plot_bt_recovery(recovery)
+    points = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(points[:, 0], (recovery.true - recovery.true.mean()).numpy())
+    np.testing.assert_allclose(points[:, 1], recovery.fitted.numpy())
+    assert "300 comparisons" in fig.axes[0].get_title()
+
+
+def test_error_curve_reference_line_falls_as_one_over_sqrt_n():
+    fig = plots.plot_bt_error_curve([100, 400], [0.2, 0.1])
+    reference = fig.axes[0].lines[1].get_ydata()
+    np.testing.assert_allclose(reference, [0.2, 0.1])  # 0.2·√(100/400)
+
+
+def test_optimal_policy_bars_are_pi_ref_and_pi_star():
+    bandit = toy.random_bandit(1, 4, seed=2)
+    fig = plots.plot_optimal_policy(bandit.ref[0], bandit.reward[0], 0.5, torch.logspace(-1, 1, 5, dtype=torch.float64))
+    left = fig.axes[0]
+    heights = [patch.get_height() for patch in left.patches]
+    pi_star = toy.optimal_policy(bandit.ref, bandit.reward, 0.5)[0]
+    np.testing.assert_allclose(heights, np.concatenate([bandit.ref[0].numpy(), pi_star.numpy()]))
+    frontier = [ax for ax in fig.axes if ax.get_title() == "The reward–KL frontier"][0]
+    marker = frontier.lines[1]
+    assert marker.get_xdata()[0] == pytest.approx(toy.kl_divergence(pi_star[None], bandit.ref).item())
+
+
+def test_dpo_loss_marks_the_gradient_weight_at_the_margin():
+    fig = plots.plot_dpo_loss(margin=2.0, label_smoothing=0.1)
+    weight_ax = fig.axes[1]
+    assert weight_ax.lines[2].get_ydata()[0] == pytest.approx(1 / (1 + np.exp(2.0)))
+    h, dpo = fig.axes[0].lines[0].get_data()
+    np.testing.assert_allclose(dpo, np.log1p(np.exp(-h)))  # −log σ(h)
+
+
+@pytest.mark.parametrize("log_y", [True, False])
+def test_convergence_draws_one_curve_per_run(log_y):
+    fig = plots.plot_convergence({"a": [1.0, 0.1], "b": [2.0, 0.2, 0.02]}, "error", "t", log_y=log_y)
+    assert isinstance(fig, Figure)
+    assert [len(line.get_xdata()) for line in fig.axes[0].lines] == [2, 3]
+    assert fig.axes[0].get_yscale() == ("log" if log_y else "linear")
+
+
+def test_implicit_reward_one_line_per_prompt():
+    reward = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    fig = plots.plot_implicit_reward(reward, reward - 3)
+    assert len(fig.axes[0].lines) == 2
