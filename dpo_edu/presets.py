@@ -26,6 +26,20 @@ class Preset:
     toy_pairs: int  # preference pairs sampled for tabular DPO
     bt_max_comparisons: int  # the largest number of comparisons in the Bradley–Terry error curve
     bt_repeats: int  # seeds averaged (median) per point of that curve
+    # --- language model (notebooks 04–05; see models.py) ---
+    model: str  # "tiny": a GPT-2 built here from the shapes below; else a Hub id ("gpt2", "gpt2-large")
+    random_init: bool  # random weights of these shapes + the local tokenizer (always so for "tiny"; times gpt2 offline)
+    n_layer: int  # transformer blocks (gpt2: 12)
+    n_head: int  # attention heads per block; n_embd must be a multiple of it (gpt2: 12)
+    n_embd: int  # width of the residual stream (gpt2: 768)
+    n_positions: int  # longest sequence the model can read, prompt + response (gpt2: 1024)
+    vocab_size: int  # size of the byte-level BPE trained locally on the reviews (unused by a Hub model)
+    n_reviews: int  # IMDb reviews read (tokenizer, SFT, prompts)
+    max_length: int  # tokens per SFT training sequence (longer reviews are cut)
+    max_new_tokens: int  # tokens sampled per completion
+    temperature: float  # sampling temperature T: logits / T before the softmax (1.0 samples the policy itself)
+    device: str  # "cpu" or "cuda"
+    dtype: str  # dtype of the weights; log-probs are computed in float32 whatever it is
 
 
 PRESETS = {
@@ -36,6 +50,19 @@ PRESETS = {
         toy_pairs=20_000,
         bt_max_comparisons=20_000,
         bt_repeats=3,
+        model="tiny",
+        random_init=True,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        n_positions=128,
+        vocab_size=2000,
+        n_reviews=400,
+        max_length=64,
+        max_new_tokens=16,
+        temperature=1.0,
+        device="cpu",
+        dtype="float32",
     ),
     "cpu": Preset(
         name="cpu",
@@ -44,6 +71,19 @@ PRESETS = {
         toy_pairs=100_000,
         bt_max_comparisons=100_000,
         bt_repeats=7,
+        model="tiny",
+        random_init=True,
+        n_layer=4,
+        n_head=6,
+        n_embd=192,
+        n_positions=256,
+        vocab_size=4000,
+        n_reviews=5000,
+        max_length=128,
+        max_new_tokens=24,
+        temperature=1.0,
+        device="cpu",
+        dtype="float32",
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -52,6 +92,19 @@ PRESETS = {
         toy_pairs=100_000,
         bt_max_comparisons=100_000,
         bt_repeats=7,
+        model="gpt2",
+        random_init=False,
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        n_positions=1024,
+        vocab_size=50257,  # gpt2's own size, so a random_init run times the real output layer
+        n_reviews=25_000,
+        max_length=256,
+        max_new_tokens=48,
+        temperature=1.0,
+        device="cuda",
+        dtype="float32",  # bfloat16 halves memory, but a 1e-6 learning-rate step vanishes in bf16 weights
     ),
 }
 

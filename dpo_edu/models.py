@@ -1,0 +1,346 @@
+"""GPT-2 policies, their tokenizer, sequence log-probabilities and sampling.
+
+The DPO paper's controlled-sentiment task (§6.1) fine-tunes GPT-2 on IMDb and scores
+responses by log π(y|x) = Σ_t log π(y_t | x, y_<t), the sum over RESPONSE tokens only,
+which every loss in ``losses`` consumes. One code path serves every preset: the tiny GPT-2
+(``ci`` / ``cpu``) is built here, saved with ``save_pretrained`` and read back with
+``from_pretrained`` exactly like ``gpt2`` from the Hugging Face Hub.
+
+The traps, each handled where the comment says so:
+
+- pad ≠ EOS: a dedicated ``<|pad|>`` token, never ``<|endoftext|>`` reused as padding.
+- left padding needs position ids computed from the attention mask.
+- the prompt/response boundary: logits at position t predict token t + 1.
+- log-probabilities in float32, whatever the weights' dtype.
+- temperature: logits are divided by T before the softmax.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .presets import Preset, hub_reachable
+from .validate import check_positive
+
+EOS_TOKEN = "<|endoftext|>"  # GPT-2's end-of-text, also its beginning-of-text
+PAD_TOKEN = "<|pad|>"  # our own padding token, distinct from EOS
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int, save_dir=None, model_max_length: int = 1024):
+    """A byte-level BPE (GPT-2's scheme) trained on ``texts``, wrapped as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if not texts:
+        raise ValueError("texts must hold at least one text to train the tokenizer on")
+    if vocab_size < 258:
+        raise ValueError(f"vocab_size must be ≥ 258 (256 bytes + EOS + pad), got {vocab_size}")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # bytes, so no unknown token
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,  # as GPT-2: <|endoftext|> also opens a text
+        # pad ≠ EOS: if pad were EOS, every mask built from `ids != pad_token_id` would also hide the real
+        # EOS tokens, and a model trained with it never learns to stop.
+        pad_token=PAD_TOKEN,
+        padding_side="left",  # prompts are left-padded so that every row's last column is its last real token
+        model_max_length=model_max_length,
+    )
+    if save_dir is not None:
+        tokenizer.save_pretrained(save_dir)
+    return tokenizer
+
+
+def gpt2_config(preset: Preset, vocab_size: int, pad_token_id: int, eos_token_id: int):
+    """A ``GPT2Config`` of the preset's shapes (the ``gpt2`` preset's are GPT-2 small's)."""
+    from transformers import GPT2Config
+
+    if preset.n_embd % preset.n_head:
+        raise ValueError(f"n_embd ({preset.n_embd}) must be a multiple of n_head ({preset.n_head})")
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=preset.n_positions,
+        n_embd=preset.n_embd,
+        n_layer=preset.n_layer,
+        n_head=preset.n_head,
+        # No dropout: then π_θ = π_ref exactly at the first step (DPO loss log 2), as TRL's disable_dropout.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+def build_model(preset: Preset, tokenizer, seed: int = 0):
+    """A randomly initialised ``GPT2LMHeadModel`` of the preset's shapes and the tokenizer's vocabulary."""
+    from transformers import GPT2LMHeadModel
+
+    config = gpt2_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    _set_special_ids(model, tokenizer)
+    return model
+
+
+def _set_special_ids(model, tokenizer) -> None:
+    for config in (model.config, model.generation_config):
+        config.pad_token_id = tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+
+
+def _from_pretrained(load, source, cache_dir):
+    """``load(source)`` for a local folder or a Hub id; offline, a Hub id fails fast with a short message."""
+    if Path(source).is_dir():
+        return load(source)
+    offline = not hub_reachable()  # then look in the cache only, rather than retry the Hub for half a minute
+    try:
+        return load(source, cache_dir=cache_dir, local_files_only=offline)
+    except OSError:
+        if not offline:
+            raise  # online, the original error says what is wrong (a misspelt name, say)
+        raise OSError(
+            f"cannot load {source!r}: the Hugging Face Hub is unreachable and it is not cached. "
+            "Use the `cpu` preset (the tiny GPT-2, no download), or random_init=True."
+        ) from None
+
+
+def load_tokenizer(source, cache_dir=None):
+    """The tokenizer saved in a folder or on the Hub (``"gpt2"``), with a pad token distinct from EOS."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, str(source), cache_dir)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # pad ≠ EOS: gpt2 ships no pad token; the common fix `pad = eos` hides every real EOS (see above).
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_policy(source, tokenizer=None, device: str = "cpu", dtype: str = "float32", cache_dir=None):
+    """A causal LM from a folder or the Hub, its embeddings grown to the tokenizer's vocabulary (the new pad)."""
+    from transformers import AutoModelForCausalLM
+
+    if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, str(source), cache_dir)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source, cache_dir)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))  # gpt2 + <|pad|>: one more row (never predicted)
+    _set_special_ids(model, tokenizer)
+    return model.to(device=device, dtype=getattr(torch, dtype))
+
+
+def load_pretrained(source, device: str = "cpu", dtype: str = "float32", cache_dir=None):
+    """``(policy, tokenizer)`` from a run folder or the Hub."""
+    tokenizer = load_tokenizer(source, cache_dir)
+    return load_policy(source, tokenizer, device, dtype, cache_dir), tokenizer
+
+
+def save_policy(model, tokenizer, save_dir) -> Path:
+    """Model and tokenizer into one folder, readable by ``load_pretrained`` (and by transformers)."""
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(save_dir)
+    tokenizer.save_pretrained(save_dir)
+    return save_dir
+
+
+def init_policy(preset: Preset, texts: Sequence[str], save_dir, seed: int = 0, cache_dir=None):
+    """``(policy, tokenizer)`` a preset starts from, before SFT.
+
+    ``gpt2``: the pretrained model from the Hub. ``tiny``, or any preset with ``random_init``: a tokenizer
+    trained on ``texts`` and random weights of the preset's shapes, saved in ``save_dir`` and read back
+    through ``load_pretrained``, the same code path as the Hub model.
+    """
+    if not preset.random_init:
+        if preset.model == "tiny":
+            raise ValueError("random_init must be True for model 'tiny': it has no pretrained weights")
+        return load_pretrained(preset.model, preset.device, preset.dtype, cache_dir)
+    tokenizer = train_tokenizer(texts, preset.vocab_size, model_max_length=preset.n_positions)
+    save_policy(build_model(preset, tokenizer, seed), tokenizer, save_dir)
+    return load_pretrained(save_dir, preset.device, preset.dtype)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position of each token among the real ones of its row (pads get 0)."""
+    # Left padding: in "<pad> <pad> The movie", "The" must sit at position 0 as if unpadded; GPT-2's default
+    # arange would put it at 2 and change every logit (its position embeddings are absolute).
+    # cumsum − 1 counts the real tokens so far; pads before the first get −1, clamped to 0 (they are masked).
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _ids(tokenizer, item) -> list[int]:
+    """Token ids of a text; a sequence of ids (a sampled completion) passes through unchanged."""
+    return tokenizer(item, add_special_tokens=False)["input_ids"] if isinstance(item, str) else list(item)
+
+
+def encode_pairs(tokenizer, prompts: Sequence, responses: Sequence, append_eos: bool = False) -> dict[str, Tensor]:
+    """One batch of (prompt, response) rows: ``[pads, prompt | response, pads]``.
+
+    Prompts are left-padded to a common width and responses right-padded after them, so every response
+    starts in the same column. ``response_mask`` is 1 on response tokens. For DPO, chosen and rejected
+    share one forward pass: ``encode_pairs(tok, prompts + prompts, chosen + rejected)``.
+    Texts or lists of ids are accepted; prompt and response are tokenized separately, so the tokens scored
+    are exactly the response's own (tokenizing "The mov" + "ie" together would merge across the boundary).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"prompts and responses must have the same length, got {len(prompts)} and {len(responses)}")
+    prompt_ids = [_ids(tokenizer, p) for p in prompts]
+    response_ids = [_ids(tokenizer, r) + ([tokenizer.eos_token_id] if append_eos else []) for r in responses]
+    for i, ids in enumerate(prompt_ids):
+        if not ids:  # the first response token needs a prompt position whose logits predict it
+            raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
+    width_p = max(map(len, prompt_ids))
+    width_r = max(map(len, response_ids))
+    pad = tokenizer.pad_token_id
+    rows, masks, responses_mask = [], [], []
+    for p, r in zip(prompt_ids, response_ids):
+        left, right = width_p - len(p), width_r - len(r)
+        rows.append([pad] * left + p + r + [pad] * right)
+        masks.append([0] * left + [1] * (len(p) + len(r)) + [0] * right)
+        responses_mask.append([0] * width_p + [1] * len(r) + [0] * right)
+    return {
+        "input_ids": torch.tensor(rows, dtype=torch.long),
+        "attention_mask": torch.tensor(masks, dtype=torch.long),
+        "response_mask": torch.tensor(responses_mask, dtype=torch.long),
+    }
+
+
+def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the response tokens of each row, in float32.
+
+    The batch is laid out as ``encode_pairs`` returns it (any padding works: positions come from the mask).
+    """
+    if not (input_ids.shape == attention_mask.shape == response_mask.shape):
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
+            f"response_mask {tuple(response_mask.shape)} must have the same shape"
+        )
+    if response_mask[:, 0].any():
+        raise ValueError("response_mask marks column 0, but no logits predict the first token of a row")
+    if (response_mask.bool() & ~attention_mask.bool()).any():
+        raise ValueError("response_mask marks tokens that attention_mask hides")
+    device = model.get_input_embeddings().weight.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).logits
+    # Boundary: logits at position t predict token t + 1, so the first response token is scored by the
+    # logits at the last prompt position. Drop the last logits, drop the first token, and they line up.
+    # float32: log_softmax over 50k tokens in bfloat16 keeps ~3 significant digits, and a sum over dozens
+    # of tokens then drowns the small log-ratio differences DPO is made of.
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    scored = response_mask[:, 1:].to(device).bool()
+    return torch.where(scored, token_logps, 0.0).sum(-1)
+
+
+def sampling_probs(logits: Tensor, temperature: float) -> Tensor:
+    """Next-token distribution softmax(logits / T), in float32."""
+    temperature = check_positive("temperature", temperature)
+    # Temperature: p_i ∝ exp(z_i / T). T = 1 samples the policy itself (the π in every KL and log-prob);
+    # T < 1 sharpens towards greedy decoding as T → 0, T > 1 flattens towards uniform.
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def _forward_cached(model, cache_name, input_ids, attention_mask, position_ids, cache):
+    """One forward pass that reuses and returns the KV cache (``past_key_values`` before transformers 5)."""
+    kwargs = {cache_name: cache, "use_cache": True}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+    return out.logits[:, -1], out[cache_name]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    return_ids: bool = False,
+    progress: bool | None = None,
+):
+    """Sampled completions of ``prompts`` (texts, without the prompt and without EOS).
+
+    ``temperature=0`` decodes greedily. A seed fixes the samples for a given ``batch_size``. With
+    ``return_ids``, also returns ``ids`` [n, max_new_tokens] (pad after a row's EOS) and ``mask``
+    (1 on generated tokens, EOS included: stopping is one of the policy's choices).
+    """
+    from tqdm.auto import tqdm
+
+    if temperature != 0:
+        check_positive("temperature", temperature)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    n_positions = getattr(model.config, "n_positions", None)
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    device = model.get_input_embeddings().weight.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    all_ids, all_mask = [], []
+    starts = range(0, len(prompts), batch_size)
+    try:
+        for start in tqdm(starts, desc="generate", disable=not progress if progress is not None else len(starts) < 2):
+            chunk = list(prompts[start : start + batch_size])
+            batch = encode_pairs(tokenizer, chunk, [[]] * len(chunk))  # left-padded prompts
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            if n_positions is not None and ids.shape[1] + max_new_tokens > n_positions:
+                raise ValueError(
+                    f"max_new_tokens ({max_new_tokens}) + the longest prompt ({ids.shape[1]} tokens) "
+                    f"exceeds the model's n_positions ({n_positions})"
+                )
+            positions = position_ids_from_mask(mask)  # left padding: positions count the real tokens only
+            cache, new, alive = None, [], []
+            done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+            for _ in range(max_new_tokens):
+                logits, cache = _forward_cached(model, cache_name, ids, mask, positions, cache)
+                if temperature == 0:
+                    token = logits.argmax(-1)
+                else:
+                    probs = sampling_probs(logits, temperature)
+                    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                alive.append(~done)
+                token = torch.where(done, pad, token)  # a row that has stopped emits only pads (masked out)
+                new.append(token)
+                done = done | (token == eos)  # stop at EOS, row by row
+                if done.all():
+                    break
+                # KV cache: feed only the new token; the mask grows by one column, the position by one
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                ids, positions = token[:, None], positions[:, -1:] + 1
+            out = torch.full((len(chunk), max_new_tokens), pad, dtype=torch.long)
+            out_mask = torch.zeros((len(chunk), max_new_tokens), dtype=torch.long)
+            out[:, : len(new)] = torch.stack(new, dim=1).cpu()
+            out_mask[:, : len(new)] = torch.stack(alive, dim=1).long().cpu()
+            all_ids.append(out)
+            all_mask.append(out_mask)
+    finally:
+        model.train(was_training)
+    ids = torch.cat(all_ids) if all_ids else torch.empty(0, max_new_tokens, dtype=torch.long)
+    mask = torch.cat(all_mask) if all_mask else torch.empty(0, max_new_tokens, dtype=torch.long)
+    texts = [tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(ids, mask)]
+    return (texts, ids, mask) if return_ids else texts
