@@ -40,6 +40,14 @@ class Preset:
     temperature: float  # sampling temperature T: logits / T before the softmax (1.0 samples the policy itself)
     device: str  # "cpu" or "cuda"
     dtype: str  # dtype of the weights; log-probs are computed in float32 whatever it is
+    # --- SFT and reward model (notebook 04; see sft.py, reward_model.py, training.py) ---
+    sft_steps: int  # optimiser steps of supervised fine-tuning on the reviews (the result is π_ref)
+    sft_batch_size: int  # reviews per SFT step, each cut to max_length tokens
+    sft_lr: float  # peak AdamW learning rate of SFT (random init learns fast; pretrained gpt2 wants ~5e-5)
+    sft_warmup_steps: int  # steps of linear learning-rate warmup at the start of SFT
+    rm_epochs: float  # passes of reward-model training over the preference pairs (more overfits)
+    rm_batch_size: int  # preference pairs per reward-model step (twice as many sequences per forward pass)
+    rm_lr: float  # peak AdamW learning rate of the Bradley–Terry reward model
 
 
 PRESETS = {
@@ -63,6 +71,13 @@ PRESETS = {
         temperature=1.0,
         device="cpu",
         dtype="float32",
+        sft_steps=150,
+        sft_batch_size=16,
+        sft_lr=1e-3,
+        sft_warmup_steps=10,
+        rm_epochs=2.0,
+        rm_batch_size=16,
+        rm_lr=1e-4,
     ),
     "cpu": Preset(
         name="cpu",
@@ -84,6 +99,13 @@ PRESETS = {
         temperature=1.0,
         device="cpu",
         dtype="float32",
+        sft_steps=1500,
+        sft_batch_size=16,
+        sft_lr=5e-4,
+        sft_warmup_steps=50,
+        rm_epochs=2.0,
+        rm_batch_size=32,
+        rm_lr=5e-5,
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -105,13 +127,20 @@ PRESETS = {
         temperature=1.0,
         device="cuda",
         dtype="float32",  # bfloat16 halves memory, but a 1e-6 learning-rate step vanishes in bf16 weights
+        sft_steps=800,  # about one epoch of the 25,000 reviews at batch 32
+        sft_batch_size=32,
+        sft_lr=5e-5,
+        sft_warmup_steps=50,
+        rm_epochs=1.0,  # one pass, as InstructGPT: a reward model overfits after one epoch
+        rm_batch_size=32,
+        rm_lr=1e-5,
     ),
 }
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
     """True when the Hugging Face Hub answers on port 443 and HF_HUB_OFFLINE is not set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):  # huggingface_hub's rule
         return False
     try:
         with socket.create_connection((HUB_HOST, 443), timeout=timeout):

@@ -29,11 +29,15 @@ def _plain(value):
 
 def record(name: str, value):
     """Publish ``value`` under ``name`` (shown as ``name = value``); returns ``value`` unchanged."""
+    from IPython import get_ipython
     from IPython.display import display
 
     plain = _plain(value)
-    shown = f"{plain:.6g}" if isinstance(plain, float) else json.dumps(plain)
-    display({"text/plain": f"{name} = {shown}", MIME_TYPE: {"name": name, "value": plain}}, raw=True)
+    shown = f"{plain:.6g}" if isinstance(plain, float) else json.dumps(plain, ensure_ascii=False)
+    if get_ipython() is None:  # a plain Python process: no notebook to store the value in
+        print(f"{name} = {shown}")
+    else:
+        display({"text/plain": f"{name} = {shown}", MIME_TYPE: {"name": name, "value": plain}}, raw=True)
     return value
 
 

@@ -76,7 +76,7 @@ def log_partition(ref: Tensor, reward: Tensor, beta: float) -> Tensor:
 def optimal_policy(ref: Tensor, reward: Tensor, beta: float) -> Tensor:
     """π*(y|x) = π_ref(y|x) exp(r(x, y)/β) / Z(x)  (DPO paper, Eq. 4).
 
-    Computed as a softmax of log π_ref + r/β, which stays finite for any β > 0.
+    Computed as a softmax of log π_ref + r/β: stable for any β > 0 unless r/β overflows float64.
     """
     check_same_shape(ref=ref, reward=reward)
     check_distribution("ref", ref)

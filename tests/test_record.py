@@ -98,9 +98,11 @@ def test_read_records_of_a_notebook_without_records(tmp_path):
 
 @pytest.fixture
 def captured(monkeypatch):
-    """Replace IPython's display with a recorder of (bundle, kwargs)."""
+    """Pretend to run in a kernel and replace IPython's display with a recorder of (bundle, kwargs)."""
+    import IPython
     import IPython.display
 
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
     calls = []
     monkeypatch.setattr(IPython.display, "display", lambda *objs, **kwargs: calls.append((objs, kwargs)))
     return calls
