@@ -40,6 +40,11 @@ class Preset:
     temperature: float  # sampling temperature T: logits / T before the softmax (1.0 samples the policy itself)
     device: str  # "cpu" or "cuda"
     dtype: str  # dtype of the weights; log-probs are computed in float32 whatever it is
+    # --- preference pairs (notebook 04; see preferences.py) ---
+    pair_prompts: int  # IMDb prefixes the SFT policy completes to make preference pairs
+    completions_per_prompt: int  # samples per prefix, every pair of them labelled: 4 → 6 pairs (paper §6.1)
+    generation_batch_size: int  # rows (prefix copies) sampled together in one batch
+    eval_pair_prompts: int  # of those prefixes, held out with all their pairs (held-out pair accuracy)
     # --- SFT and reward model (notebook 04; see sft.py, reward_model.py, training.py) ---
     sft_steps: int  # optimiser steps of supervised fine-tuning on the reviews (the result is π_ref)
     sft_batch_size: int  # reviews per SFT step, each cut to max_length tokens
@@ -71,6 +76,10 @@ PRESETS = {
         temperature=1.0,
         device="cpu",
         dtype="float32",
+        pair_prompts=128,  # 768 pairs, sampled in about a second
+        completions_per_prompt=4,
+        generation_batch_size=128,
+        eval_pair_prompts=32,
         sft_steps=150,
         sft_batch_size=16,
         sft_lr=1e-3,
@@ -99,6 +108,10 @@ PRESETS = {
         temperature=1.0,
         device="cpu",
         dtype="float32",
+        pair_prompts=1000,  # 6,000 pairs, sampled in about 25 s (random-init weights, full length)
+        completions_per_prompt=4,
+        generation_batch_size=128,
+        eval_pair_prompts=100,
         sft_steps=1500,
         sft_batch_size=16,
         sft_lr=5e-4,
@@ -127,6 +140,10 @@ PRESETS = {
         temperature=1.0,
         device="cuda",
         dtype="float32",  # bfloat16 halves memory, but a 1e-6 learning-rate step vanishes in bf16 weights
+        pair_prompts=4000,  # 24,000 pairs
+        completions_per_prompt=4,
+        generation_batch_size=256,
+        eval_pair_prompts=400,
         sft_steps=800,  # about one epoch of the 25,000 reviews at batch 32
         sft_batch_size=32,
         sft_lr=5e-5,
