@@ -224,6 +224,23 @@ def encode_pairs(tokenizer, prompts: Sequence, responses: Sequence, append_eos: 
     }
 
 
+def next_token_logps(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(logits / T) in float32, shifted so that ``[:, t]`` is the distribution of token ``t + 1``.
+
+    Shape [batch, length − 1, vocab]. Positions come from the mask, so any padding works.
+    """
+    device = model.get_input_embeddings().weight.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+    ).logits
+    # Boundary: logits at position t predict token t + 1, so the first response token is scored by the
+    # logits at the last prompt position. Dropping the last logits lines them up with tokens 1 … L−1.
+    # float32: log_softmax over 50k tokens in bfloat16 keeps ~3 significant digits, and a sum over dozens
+    # of tokens then drowns the small log-ratio differences DPO is made of.
+    return torch.log_softmax(logits[:, :-1].float() / check_positive("temperature", temperature), dim=-1)
+
+
 def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
     """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the response tokens of each row, in float32.
 
@@ -238,18 +255,10 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
         raise ValueError("response_mask marks column 0, but no logits predict the first token of a row")
     if (response_mask.bool() & ~attention_mask.bool()).any():
         raise ValueError("response_mask marks tokens that attention_mask hides")
-    device = model.get_input_embeddings().weight.device
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).logits
-    # Boundary: logits at position t predict token t + 1, so the first response token is scored by the
-    # logits at the last prompt position. Drop the last logits, drop the first token, and they line up.
-    # float32: log_softmax over 50k tokens in bfloat16 keeps ~3 significant digits, and a sum over dozens
-    # of tokens then drowns the small log-ratio differences DPO is made of.
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logps = next_token_logps(model, input_ids, attention_mask)
+    input_ids = input_ids.to(logps.device)
     token_logps = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    scored = response_mask[:, 1:].to(device).bool()
+    scored = response_mask[:, 1:].to(logps.device).bool()
     return torch.where(scored, token_logps, 0.0).sum(-1)
 
 

@@ -120,3 +120,26 @@ def plot_implicit_reward(true_reward, implicit_reward) -> Figure:
     ax.set_title("Equal up to a per-prompt shift f(x)")
     ax.legend(fontsize=8)
     return fig
+
+
+def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], title: str = "") -> Figure:
+    """One axis per panel; in each, every listed metric of every run against its ``step``.
+
+    ``runs`` maps a run name to its metric rows (``{"step": …, "loss": …, …}``, as the trainers log);
+    rows without a metric are skipped, so training and evaluation metrics can share one log.
+    """
+    fig, axes = _figure(ncols=len(panels), width=4.0, height=3.2)
+    for ax, metrics in zip(axes, panels):
+        for run, rows in runs.items():
+            for metric in metrics:
+                points = [(row["step"], row[metric]) for row in rows if metric in row]
+                if points:
+                    steps, values = zip(*points)
+                    label = metric if len(runs) == 1 else f"{run}: {metric}"
+                    ax.plot(steps, values, ".-" if len(points) < 30 else "-", label=label)
+        ax.set(xlabel="step", title=", ".join(metrics) if len(metrics) == 1 else "")
+        if ax.lines and (len(metrics) > 1 or len(runs) > 1):
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig

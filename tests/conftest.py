@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny GPT-2 with its locally trained tokenizer, built once per test session."""
+
+import pytest
+import torch
+
+from dpo_edu import data, models, toy
+from dpo_edu.presets import get_preset
+
+
+@pytest.fixture(scope="session")
+def tiny_preset():
+    """The ``ci`` preset shrunk to a 2-layer, 32-wide GPT-2 with a 300-token vocabulary."""
+    return get_preset("ci", verbose=False, n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory, tiny_preset):
+    """``(policy, tokenizer)`` through the preset's own code path (about a second); treat it as read-only."""
+    texts = [review.text[:300] for review in data.load_imdb(n=200, verbose=False)]
+    with toy.one_thread():
+        policy, tokenizer = models.init_policy(tiny_preset, texts, tmp_path_factory.mktemp("tiny_lm"))
+    return policy.eval(), tokenizer
+
+
+@pytest.fixture
+def one_thread():
+    """Matrices this small run fastest on one CPU thread (two threads on a busy 2-core machine spin)."""
+    with toy.one_thread():
+        yield
