@@ -50,7 +50,7 @@ class Preset:
     sft_batch_size: int  # reviews per SFT step, each cut to max_length tokens
     sft_lr: float  # peak AdamW learning rate of SFT (random init learns fast; pretrained gpt2 wants ~5e-5)
     sft_warmup_steps: int  # steps of linear learning-rate warmup at the start of SFT
-    rm_epochs: float  # passes of reward-model training over the preference pairs (more overfits)
+    rm_epochs: float  # passes of reward-model training over the preference pairs (a second one overfits)
     rm_batch_size: int  # preference pairs per reward-model step (twice as many sequences per forward pass)
     rm_lr: float  # peak AdamW learning rate of the Bradley–Terry reward model
 
@@ -80,13 +80,13 @@ PRESETS = {
         completions_per_prompt=4,
         generation_batch_size=128,
         eval_pair_prompts=32,
-        sft_steps=150,
+        sft_steps=120,
         sft_batch_size=16,
         sft_lr=1e-3,
         sft_warmup_steps=10,
-        rm_epochs=2.0,
+        rm_epochs=1.0,
         rm_batch_size=16,
-        rm_lr=1e-4,
+        rm_lr=3e-4,
     ),
     "cpu": Preset(
         name="cpu",
@@ -112,13 +112,13 @@ PRESETS = {
         completions_per_prompt=4,
         generation_batch_size=128,
         eval_pair_prompts=100,
-        sft_steps=1500,
+        sft_steps=600,
         sft_batch_size=16,
-        sft_lr=5e-4,
+        sft_lr=1e-3,
         sft_warmup_steps=50,
-        rm_epochs=2.0,
+        rm_epochs=1.0,
         rm_batch_size=32,
-        rm_lr=5e-5,
+        rm_lr=3e-4,
     ),
     "gpt2": Preset(
         name="gpt2",

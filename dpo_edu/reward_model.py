@@ -1,0 +1,264 @@
+"""The Bradley–Terry reward model r_φ(x, y): GPT-2 with a scalar head, trained on preference pairs.
+
+DPO paper §3 (reward modelling phase): r_φ is "initialized from the SFT model π^SFT(y | x) with the
+addition of a linear layer on top of the final transformer layer that produces a single scalar prediction
+for the reward value", and fitted to pairs (x, y_w, y_l) by maximum likelihood under Bradley–Terry:
+
+    L_R(r_φ) = −E_(x, y_w, y_l) [ log σ(r_φ(x, y_w) − r_φ(x, y_l)) ]          (Eq. 2)
+
+The head reads the hidden state of the LAST real token of prompt ⊕ response, the only position that has
+seen the whole text. ``models.encode_pairs`` lays rows out as ``[pads, prompt | response, pads]``, so that
+token is where the attention mask is last 1, not the last column. Bradley–Terry sees only differences
+r(x, y_w) − r(x, y_l), so r is identifiable only up to a shift (notebook 01): the head has no bias (its
+gradient would be 0, as is, up to rounding, that of GPT-2's final LayerNorm bias, which only shifts r
+too), and ``center_rewards`` picks the shift afterwards (or ``center_rewards_coefficient`` in training).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .losses import bradley_terry_loss
+from .models import _from_pretrained, _ids, encode_pairs, position_ids_from_mask
+from .training import TrainConfig, _check_int, train_loop
+
+HEAD_FILE = "reward_head.safetensors"  # head weight and offset; the backbone is a plain transformers folder
+META_FILE = "reward_model.json"
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Column of each row's last real token (the last 1 of its attention mask)."""
+    if not attention_mask.bool().any(-1).all():
+        raise ValueError("attention_mask has a row with no real token")
+    # Right padding after the response: "[pad] x1 x2 y1 y2 [pad]" → column 4, not the last column 5.
+    return attention_mask.shape[-1] - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+class RewardModel(nn.Module):
+    """r_φ(x, y): a GPT-2 transformer (no LM head) and a linear head on the last real token's hidden state."""
+
+    def __init__(self, backbone: nn.Module, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone  # e.g. GPT2Model: token ids → final hidden states (after the last LayerNorm)
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1, bias=False)  # no bias: a shift cancels in r_w − r_l, its gradient is 0
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # seeded without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5)  # as lm-human-preferences' reward head
+        self.head.to(device=backbone.device, dtype=backbone.dtype)
+        self.register_buffer("offset", torch.zeros((), device=backbone.device))  # r = head(h) − offset
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """One reward per row, float32, read at the row's last real token."""
+        if input_ids.shape != attention_mask.shape:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                             f"{tuple(attention_mask.shape)} must have the same shape")
+        n_positions = getattr(self.config, "n_positions", None)
+        if n_positions is not None and input_ids.shape[1] > n_positions:
+            raise ValueError(f"input_ids has {input_ids.shape[1]} columns, over the model's "
+                             f"n_positions ({n_positions})")
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        last = hidden[torch.arange(len(hidden), device=self.device), last_token_index(attention_mask)]
+        return F.linear(last.float(), self.head.weight.float()).squeeze(-1) - self.offset  # r_φ(x, y)
+
+    @classmethod
+    def from_policy(cls, source, tokenizer=None, seed: int = 0, cache_dir=None) -> "RewardModel":
+        """A reward model on π_SFT's transformer: ``source`` is a folder, a Hub id, or a policy (copied)."""
+        if isinstance(source, nn.Module):
+            backbone = copy.deepcopy(source.base_model)  # GPT2LMHeadModel.base_model is its GPT2Model
+        else:
+            from transformers import AutoModel
+
+            backbone = _from_pretrained(AutoModel.from_pretrained, str(source), cache_dir)  # drops the LM head
+        if tokenizer is not None and len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
+            backbone.resize_token_embeddings(len(tokenizer))  # gpt2 + <|pad|>
+        return cls(backbone, seed)
+
+    def save_pretrained(self, save_dir) -> Path:
+        """The backbone as a transformers folder, plus the head and offset; reloaded by ``from_pretrained``."""
+        from safetensors.torch import save_file
+
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(save_dir)
+        save_file({"head.weight": self.head.weight.detach().contiguous().cpu(), "offset": self.offset.cpu()},
+                  str(save_dir / HEAD_FILE))
+        (save_dir / META_FILE).write_text(json.dumps({"class": "dpo_edu.reward_model.RewardModel"}) + "\n")
+        return save_dir
+
+    @classmethod
+    def from_pretrained(cls, load_dir, device: str | None = None) -> "RewardModel":
+        """The reward model saved by ``save_pretrained`` in ``load_dir``."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        load_dir = Path(load_dir)
+        if not (load_dir / HEAD_FILE).is_file():
+            raise ValueError(f"load_dir {load_dir} holds no reward model ({HEAD_FILE} is missing); "
+                             "build one with RewardModel.from_policy")
+        model = cls(AutoModel.from_pretrained(load_dir))
+        state = load_file(str(load_dir / HEAD_FILE))
+        with torch.no_grad():
+            model.head.weight.copy_(state["head.weight"])
+            model.offset.copy_(state["offset"])
+        return model.to(device) if device is not None else model
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """Bradley–Terry training on preference pairs; the shared fields are documented in ``TrainConfig``."""
+
+    lr: float = 3e-4  # peak AdamW learning rate (for the tiny GPT-2; ~1e-5 suits a pretrained gpt2 backbone)
+    batch_size: int = 16  # preference pairs per step (2 × batch_size sequences in one forward pass)
+    center_rewards_coefficient: float = 0.0  # adds c · E[(r_w + r_l)²] to the loss, pulling rewards to 0 (TRL)
+    eval_batch_size: int = 32  # pairs per forward pass when evaluating
+
+    def __post_init__(self):
+        super().__post_init__()
+        c = self.center_rewards_coefficient
+        if not (isinstance(c, (int, float)) and 0 <= c < float("inf")):
+            raise ValueError(f"center_rewards_coefficient must be a finite number ≥ 0, got {c!r}")
+        _check_int("eval_batch_size", self.eval_batch_size, 1)
+
+    @classmethod
+    def from_preset(cls, preset, **overrides) -> "RewardConfig":
+        """The preset's reward-model sizes (``rm_*`` fields), any field replaced by ``overrides``."""
+        sizes = {"epochs": preset.rm_epochs, "batch_size": preset.rm_batch_size, "lr": preset.rm_lr}
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown RewardConfig field(s) {sorted(unknown)}")
+        return cls(**{**sizes, **overrides})
+
+
+def _tokenize_pairs(tokenizer, pairs: Sequence[dict]) -> list[tuple[list[int], list[int], list[int]]]:
+    """``(prompt, chosen, rejected)`` token ids of each pair, tokenized once; bad rows raise naming the index."""
+    out = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not all(k in pair for k in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', got {pair!r}")
+        ids = tuple(_ids(tokenizer, pair[k]) for k in ("prompt", "chosen", "rejected"))
+        if not ids[0]:
+            raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
+        out.append(ids)
+    return out
+
+
+def _pair_rewards(model: RewardModel, tokenizer, batch) -> tuple[Tensor, Tensor]:
+    """``(r(x, y_w), r(x, y_l))`` of tokenized pairs, chosen and rejected in ONE forward pass."""
+    prompts = [p for p, _, _ in batch]
+    enc = encode_pairs(tokenizer, prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
+    rewards = model(enc["input_ids"], enc["attention_mask"])
+    return rewards[: len(batch)], rewards[len(batch) :]
+
+
+def _pair_metrics(chosen: Tensor, rejected: Tensor, prefix: str = "") -> dict:
+    """TRL RewardTrainer's names: accuracy, margin, min/mean/max reward."""
+    both = torch.cat([chosen, rejected]).detach()
+    return {f"{prefix}accuracy": (chosen > rejected).float().mean().item(),
+            f"{prefix}margin": (chosen - rejected).mean().item(),
+            f"{prefix}min_reward": both.min().item(), f"{prefix}mean_reward": both.mean().item(),
+            f"{prefix}max_reward": both.max().item()}
+
+
+@torch.no_grad()
+def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence, batch_size: int = 32) -> Tensor:
+    """r_φ(x, y) of each (prompt, response), float32 on the CPU; texts or token-id lists."""
+    _check_int("batch_size", batch_size, 1)
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for s in range(0, len(prompts), batch_size):
+            enc = encode_pairs(tokenizer, prompts[s : s + batch_size], responses[s : s + batch_size])
+            out.append(model(enc["input_ids"], enc["attention_mask"]).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def evaluate_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], batch_size: int = 32) -> dict:
+    """Held-out ``eval_loss`` (Eq. 2), ``eval_accuracy`` (r_w > r_l), ``eval_margin`` and reward range."""
+    tokenized = _tokenize_pairs(tokenizer, pairs)
+    if not tokenized:
+        raise ValueError("pairs is empty: nothing to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        scored = [_pair_rewards(model, tokenizer, tokenized[s : s + batch_size])
+                  for s in range(0, len(tokenized), batch_size)]
+    finally:
+        model.train(was_training)
+    chosen, rejected = torch.cat([c for c, _ in scored]), torch.cat([r for _, r in scored])
+    return {"eval_loss": bradley_terry_loss(chosen, rejected).item(), **_pair_metrics(chosen, rejected, "eval_")}
+
+
+def pair_accuracy(model: RewardModel, tokenizer, pairs: Sequence[dict], batch_size: int = 32) -> float:
+    """Fraction of pairs with r(x, y_w) > r(x, y_l): the held-out accuracy of notebook 04."""
+    return evaluate_reward_model(model, tokenizer, pairs, batch_size)["eval_accuracy"]
+
+
+@torch.no_grad()
+def center_rewards(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence,
+                   batch_size: int = 32) -> float:
+    """Shift r so that its mean over these (prompt, response) texts is 0; returns the new offset.
+
+    Bradley–Terry fixes r only up to a constant, so this changes no preference and no accuracy; PPO's
+    reward, though, adds r to a KL penalty, and a reward centred on typical samples keeps them comparable.
+    """
+    mean = score(model, tokenizer, prompts, responses, batch_size).mean()
+    model.offset += mean.to(model.offset.device)  # r' = r − mean  (r = head(h) − offset)
+    return model.offset.item()
+
+
+def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], config: RewardConfig | None = None,
+                       callback: Callable[[int, dict], None] | None = None, eval_pairs: Sequence[dict] | None = None,
+                       checkpoint_dir=None):
+    """Fit ``model`` to preference pairs (in place) by Eq. 2; returns ``(model, metrics)``, one dict per step.
+
+    ``pairs`` are dicts with ``prompt``, ``chosen`` and ``rejected`` (texts). Logged per step: ``loss``,
+    ``accuracy``, ``margin``, ``min_reward`` / ``mean_reward`` / ``max_reward``, ``grad_norm``,
+    ``learning_rate``, ``epoch``; with ``eval_pairs``, the same with an ``eval_`` prefix every
+    ``eval_every`` steps and after the last. ``checkpoint_dir`` checkpoints and resumes (``training.train_loop``).
+    """
+    config = config if config is not None else RewardConfig()
+    if not isinstance(config, RewardConfig):
+        raise ValueError(f"config must be a RewardConfig, got {type(config).__name__}")
+    if not isinstance(model, RewardModel):
+        raise ValueError(f"model must be a RewardModel (RewardModel.from_policy), got {type(model).__name__}")
+    tokenized = _tokenize_pairs(tokenizer, pairs)
+
+    def step_fn(batch):
+        chosen, rejected = _pair_rewards(model, tokenizer, batch)
+        loss = bradley_terry_loss(chosen, rejected)  # −E log σ(r_w − r_l)   (Eq. 2)
+        if config.center_rewards_coefficient:
+            # Eisenstein et al. (2023), as TRL: + c · E[(r_w + r_l)²] pins the free shift near 0.
+            loss = loss + config.center_rewards_coefficient * ((chosen + rejected) ** 2).mean()
+        return loss, _pair_metrics(chosen, rejected)
+
+    eval_fn = None
+    if eval_pairs is not None:
+        def eval_fn():
+            return evaluate_reward_model(model, tokenizer, eval_pairs, config.eval_batch_size)
+
+    metrics = train_loop(model, tokenized, step_fn, config, callback=callback, checkpoint_dir=checkpoint_dir,
+                         eval_fn=eval_fn, desc="reward model")
+    return model, metrics
