@@ -143,3 +143,19 @@ def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], t
     if title:
         fig.suptitle(title)
     return fig
+
+
+def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
+    """The ground-truth reward of each sampled completion of one prompt (and a reward model's score)."""
+    fig, (ax,) = _figure(width=6)
+    index = np.arange(len(rewards))
+    width = 0.4 if model_scores is not None else 0.6
+    ax.bar(index - (width / 2 if model_scores is not None else 0), rewards, width=width, label="ground truth p(positive)")
+    ax.set(xlabel="completion", ylabel="ground-truth reward", ylim=(0, 1), title=f"“{prompt}” …")
+    ax.set_xticks(index)
+    if model_scores is not None:
+        twin = ax.twinx()
+        twin.bar(index + width / 2, model_scores, width=width, color="tab:orange", label="reward model r_φ")
+        twin.set_ylabel("reward-model score", color="tab:orange")
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0], fontsize=8)
+    return fig

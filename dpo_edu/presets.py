@@ -53,6 +53,9 @@ class Preset:
     rm_epochs: float  # passes of reward-model training over the preference pairs (a second one overfits)
     rm_batch_size: int  # preference pairs per reward-model step (twice as many sequences per forward pass)
     rm_lr: float  # peak AdamW learning rate of the Bradley–Terry reward model
+    # --- ground-truth reward (notebook 04; see sentiment.py, pipeline.py) ---
+    reward_classifier: str  # "tfidf" (trained here on IMDb labels) or a Hub classifier id (the paper's: siebert/…)
+    classifier_reviews: int  # labelled IMDb reviews the "tfidf" classifier learns from (a fifth held out)
 
 
 PRESETS = {
@@ -87,6 +90,8 @@ PRESETS = {
         rm_epochs=1.0,
         rm_batch_size=16,
         rm_lr=3e-4,
+        reward_classifier="tfidf",
+        classifier_reviews=4_000,
     ),
     "cpu": Preset(
         name="cpu",
@@ -119,6 +124,8 @@ PRESETS = {
         rm_epochs=1.0,
         rm_batch_size=32,
         rm_lr=3e-4,
+        reward_classifier="tfidf",
+        classifier_reviews=20_000,
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -151,6 +158,8 @@ PRESETS = {
         rm_epochs=1.0,  # one pass, as InstructGPT: a reward model overfits after one epoch
         rm_batch_size=32,
         rm_lr=1e-5,
+        reward_classifier="siebert/sentiment-roberta-large-english",
+        classifier_reviews=25_000,
     ),
 }
 

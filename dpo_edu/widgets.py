@@ -9,7 +9,9 @@ common to 7.7 (Colab) and 8.x are used. In a notebook::
 
 from __future__ import annotations
 
+import html
 import math
+from itertools import combinations
 from typing import Callable
 
 import ipywidgets as widgets
@@ -100,5 +102,43 @@ def explore_dpo_loss(margin: float = 0.0, label_smoothing: float = 0.1):
             value=label_smoothing, min=0.0, max=0.45, step=0.05, description="cDPO ε", readout_format=".2f",
             **_slider_style()
         ),
+    }
+    return explorer(controls, render)
+
+
+def samples_table(sample: dict, model_scores=None) -> str:
+    """HTML: one prompt's completions with their rewards, then its pairs as chosen ≻ rejected."""
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{html.escape(text)}</td><td>{reward:.3f}</td>"
+        + (f"<td>{model_scores[i]:.3f}</td>" if model_scores is not None else "")
+        + "</tr>"
+        for i, (text, reward) in enumerate(zip(sample["completions"], sample["rewards"]))
+    )
+    head = "<tr><th>#</th><th>completion</th><th>reward</th>" + ("<th>r_φ</th>" if model_scores is not None else "")
+    rewards = sample["rewards"]
+    pairs = ", ".join(
+        f"{i} ≻ {j}" if rewards[i] > rewards[j] else f"{j} ≻ {i}"
+        for i, j in combinations(range(len(rewards)), 2)
+        if rewards[i] != rewards[j]
+    )
+    return f"<b>{html.escape(sample['prompt'])}</b> …<table>{head}</tr>{rows}</table>pairs: {pairs}"
+
+
+def explore_samples(samples: list[dict], model_scores: list[list[float]] | None = None):
+    """A prompt slider → its sampled completions, their ground-truth rewards (and reward-model scores), its pairs.
+
+    ``samples`` are rows of ``pairs/samples.jsonl``: ``{"prompt", "completions", "rewards"}``.
+    """
+
+    def render(prompt_index):
+        sample = samples[prompt_index]
+        scores = model_scores[prompt_index] if model_scores is not None else None
+        figure = plots.plot_prompt_samples(sample["prompt"], sample["rewards"], scores)
+        return figure, f"prompt {prompt_index}: " + samples_table(sample, scores)
+
+    controls = {
+        "prompt_index": widgets.IntSlider(
+            value=0, min=0, max=len(samples) - 1, description="prompt", **_slider_style()
+        )
     }
     return explorer(controls, render)

@@ -90,3 +90,21 @@ def test_03_deterministic_preferences_overfit_dpo_not_ipo_or_cdpo(dpo_objective)
     for bounded in ("IPO beta=1.0", "cDPO beta=1.0 eps=0.1"):
         assert abs(runs[bounded][slope]) < 1e-4, f"{bounded} still moving"
         assert runs[bounded]["min π(worst response)"] > 1e-3
+
+
+@pytest.fixture(scope="module")
+def gpt2_preferences(tmp_path_factory):
+    return execute("04_gpt2_preferences", tmp_path_factory)
+
+
+@pytest.mark.notebook
+def test_04_builds_pi_ref_pairs_and_a_reward_model(gpt2_preferences):
+    records, seconds = gpt2_preferences
+    assert seconds < 240  # the budget for `ci` is 2 minutes on an idle 2-core machine
+    assert records["classifier_accuracy"] >= 0.8  # TF-IDF + logistic regression on 3,200 IMDb reviews
+    assert records["sft_eval_perplexity"] < records["vocabulary_size"] / 3  # SFT learned far more than uniform
+    assert records["pairs_candidate"] == 6 * records["pair_prompts"]  # 4 samples per prefix → 6 pairs
+    skipped = sum(records["pairs_skipped"].values())
+    assert records["pairs_total"] == records["pairs_candidate"] - skipped  # nothing dropped unreported
+    assert 0 < records["sft_mean_reward"] < 1
+    assert records["reward_model_accuracy"] > 0.5  # better than chance on held-out prefixes
