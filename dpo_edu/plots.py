@@ -159,3 +159,29 @@ def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
         twin.set_ylabel("reward-model score", color="tab:orange")
         ax.legend(handles=ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0], fontsize=8)
     return fig
+
+
+def plot_frontier(runs: dict[str, list[dict]], reference_reward: float, highlight: str | None = None) -> Figure:
+    """The reward–KL frontier (DPO paper, Fig. 2): every evaluation of every run, ground-truth reward
+    ``eval/reward`` against sequence KL ``eval/kl`` on held-out prompts. Runs whose name starts with
+    "DPO" are drawn in blues, the others (PPO) in oranges; ``highlight`` is drawn larger."""
+    from matplotlib import colormaps
+
+    fig, (ax,) = _figure(width=6.5, height=4.2)
+    families = {"DPO": colormaps["Blues"], "other": colormaps["Oranges"]}
+    counts = {key: sum(name.startswith("DPO") == (key == "DPO") for name in runs) for key in families}
+    seen = dict.fromkeys(families, 0)
+    for name, rows in runs.items():
+        key = "DPO" if name.startswith("DPO") else "other"
+        seen[key] += 1
+        colour = families[key](0.35 + 0.6 * seen[key] / max(counts[key], 1))
+        points = [(row["eval/kl"], row["eval/reward"]) for row in rows if "eval/kl" in row]
+        if points:
+            kl, reward = zip(*points)
+            size = 70 if name == highlight else 25
+            ax.scatter(kl, reward, s=size, color=colour, marker="o" if key == "DPO" else "s", label=name, zorder=3)
+    ax.axhline(reference_reward, color="gray", ls="--", lw=1, label="π_ref (SFT)")
+    ax.set(xlabel="sequence KL(π ‖ π_ref) on held-out prompts", ylabel="ground-truth reward",
+           title="Reward–KL frontier")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
