@@ -56,6 +56,13 @@ class Preset:
     # --- ground-truth reward (notebook 04; see sentiment.py, pipeline.py) ---
     reward_classifier: str  # "tfidf" (trained here on IMDb labels) or a Hub classifier id (the paper's: siebert/…)
     classifier_reviews: int  # labelled IMDb reviews the "tfidf" classifier learns from (a fifth held out)
+    # --- DPO (notebook 05; see dpo.py) ---
+    dpo_epochs: float  # passes of DPO over the training pairs
+    dpo_batch_size: int  # preference pairs per DPO step (the paper: 64)
+    dpo_lr: float  # peak AdamW learning rate of DPO (the paper: 1e-6 for pretrained GPT-2; tiny models take more)
+    dpo_beta: float  # β, the weight of KL(π ‖ π_ref) in DPO's objective (the paper's sentiment runs: 0.05–5)
+    dpo_warmup_steps: int  # steps of linear learning-rate warmup (the paper: 150)
+    dpo_length_buckets: int  # forward passes per DPO step, rows sorted by length: less padding on a CPU (GPU: 1)
 
 
 PRESETS = {
@@ -92,6 +99,12 @@ PRESETS = {
         rm_lr=3e-4,
         reward_classifier="tfidf",
         classifier_reviews=4_000,
+        dpo_epochs=1.0,
+        dpo_batch_size=16,
+        dpo_lr=3e-4,
+        dpo_beta=0.1,
+        dpo_warmup_steps=0,
+        dpo_length_buckets=3,
     ),
     "cpu": Preset(
         name="cpu",
@@ -126,6 +139,12 @@ PRESETS = {
         rm_lr=3e-4,
         reward_classifier="tfidf",
         classifier_reviews=20_000,
+        dpo_epochs=1.0,
+        dpo_batch_size=16,
+        dpo_lr=1e-4,
+        dpo_beta=0.1,
+        dpo_warmup_steps=10,
+        dpo_length_buckets=3,
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -160,6 +179,12 @@ PRESETS = {
         rm_lr=1e-5,
         reward_classifier="siebert/sentiment-roberta-large-english",
         classifier_reviews=25_000,
+        dpo_epochs=1.0,
+        dpo_batch_size=64,
+        dpo_lr=1e-6,
+        dpo_beta=0.1,
+        dpo_warmup_steps=150,
+        dpo_length_buckets=1,
     ),
 }
 

@@ -3,8 +3,9 @@
 Each trainer supplies one function, ``step_fn(batch) -> (loss, metrics)``; ``train_loop`` does the rest
 the same way for all of them: seeds, AdamW with a linear warmup (the DPO paper, Appendix B, warms its
 learning rate up linearly over 150 steps), a seeded shuffle per epoch, a finite-loss check that names the
-step and the batch, gradient clipping, a metrics log (one dict per step, TRL's names), a callback for live
-plots, a progress bar, and checkpoints that resume to the very same numbers as an uninterrupted run.
+step and the batch, gradient accumulation, gradient clipping, a metrics log (one dict per step, TRL's
+names), a callback for live plots, a progress bar, and checkpoints that resume to the very same numbers as
+an uninterrupted run.
 
 One optimiser step is θ ← AdamW(θ, ∇_θ L(batch), lr_t) with lr_t = lr · min(1, (t + 1) / warmup_steps),
 after clipping ‖∇_θ L‖₂ to ``grad_clip``.
@@ -45,6 +46,7 @@ class TrainConfig:
     schedule: str = "constant"  # after the warmup: "constant" (the DPO paper) or "linear" decay to 0
     weight_decay: float = 0.0  # AdamW decoupled weight decay, on matrices only (not biases, LayerNorms)
     grad_clip: float | None = 1.0  # clip the global gradient norm to this; None: no clipping
+    grad_accum_steps: int = 1  # micro-batches per step, one backward each: the same gradient, less memory
     seed: int = 0  # seeds torch and random, and the shuffle of each epoch
     disable_dropout: bool = True  # set every dropout p to 0 (TRL's disable_dropout): deterministic steps
     log_every: int = 10  # call the callback every this many steps (metrics are logged at every step)
@@ -54,8 +56,10 @@ class TrainConfig:
 
     def __post_init__(self):
         check_positive("lr", self.lr)
-        for name in ("batch_size", "log_every", "save_every"):
+        for name in ("batch_size", "log_every", "save_every", "grad_accum_steps"):
             _check_int(name, getattr(self, name), 1)
+        if self.grad_accum_steps > self.batch_size:
+            raise ValueError(f"grad_accum_steps ({self.grad_accum_steps}) must be ≤ batch_size ({self.batch_size})")
         for name in ("warmup_steps", "eval_every", "seed"):
             _check_int(name, getattr(self, name), 0)
         if self.steps is not None:
@@ -200,6 +204,37 @@ def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
     return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
 
 
+def accumulate_gradients(step_fn: Callable[[list], tuple[Tensor, dict]], batch: Batch, micro_batches: int = 1
+                         ) -> tuple[float, dict]:
+    """Backward of ``batch`` in ``micro_batches`` consecutive parts; returns the batch's loss and metrics.
+
+    With L_k the mean loss of part k (n_k of the n rows), Σ_k (n_k / n) ∇L_k = ∇L of the whole batch, so the
+    gradient is the big batch's while only one part's activations are alive at a time. Exact for losses that
+    average over rows (DPO, the reward model); a token-weighted mean (SFT) is then weighted by rows. The
+    metrics are averaged likewise (exact for means). Adds to ``.grad``: zero the gradients before.
+    """
+    n, parts = len(batch.items), []
+    for k in range(micro_batches):
+        part = batch.items[k * n // micro_batches : (k + 1) * n // micro_batches]
+        if part:
+            parts.append(part)
+    if len(parts) == 1:  # the plain step, bit for bit
+        loss, metrics = step_fn(batch.items)
+        check_finite_loss(loss, batch)
+        loss.backward()
+        return loss.item(), metrics
+    total, metrics = 0.0, {}
+    for part in parts:
+        loss, part_metrics = step_fn(part)
+        check_finite_loss(loss, batch)
+        weight = len(part) / n
+        (loss * weight).backward()  # the graph of this part is freed here
+        total += loss.item() * weight
+        for key, value in part_metrics.items():
+            metrics[key] = metrics.get(key, 0.0) + value * weight
+    return total, metrics
+
+
 # --- metrics log ------------------------------------------------------------------------------------------
 
 
@@ -318,17 +353,15 @@ def train_loop(model: nn.Module, items: Sequence, step_fn: Callable[[list], tupl
     try:
         while step < total:
             batch = next(batches)
-            loss, step_metrics = step_fn(batch.items)
-            check_finite_loss(loss, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, step_metrics = accumulate_gradients(step_fn, batch, config.grad_accum_steps)
             grad_norm = clip_gradients(model, config.grad_clip)
             check_finite_loss(grad_norm, batch, "the gradient norm")  # before the step spreads it to every weight
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             step += 1
-            row = {"step": step, "epoch": step / per_epoch, "loss": loss.item(), **step_metrics,
+            row = {"step": step, "epoch": step / per_epoch, "loss": loss, **step_metrics,
                    "grad_norm": grad_norm, "learning_rate": lr}
             if eval_fn is not None and ((config.eval_every and step % config.eval_every == 0) or step == total):
                 row.update(eval_fn())

@@ -1,0 +1,377 @@
+"""Direct Preference Optimization (DPO): the policy learns from preference pairs, no reward model, no RL.
+
+DPO paper (Rafailov et al., 2023), §4: the KL-constrained objective max E[r] − β KL(π ‖ π_ref) has the
+optimum π*(y|x) = π_ref(y|x) exp(r(x, y)/β) / Z(x), so r(x, y) = β log π*(y|x)/π_ref(y|x) + β log Z(x).
+Put into the Bradley–Terry likelihood of a pair, Z(x) cancels and the reward-model loss becomes a loss on
+the policy itself (Eq. 7):
+
+    L_DPO(π_θ; π_ref) = −E_(x,y_w,y_l) [log σ(β log π_θ(y_w|x)/π_ref(y_w|x) − β log π_θ(y_l|x)/π_ref(y_l|x))]
+
+§5 reads its gradient: raise log π(y_w|x), lower log π(y_l|x), each pair weighted by σ(r̂_l − r̂_w), how
+wrongly the implicit reward r̂ = β log π_θ/π_ref orders it (``losses.dpo_gradient_weight``).
+
+How this trainer computes it; every choice is TRL's ``DPOTrainer``'s, and tests/test_dpo_trl_oracle.py
+checks that loss and metrics agree with TRL 1.16 to 1e-5:
+
+- π_ref is frozen, so log π_ref(y|x) is computed ONCE per pair before training
+  (``precompute_reference_logps``; TRL's ``precompute_ref_log_probs``). Training then holds one model,
+  not two: delete the reference after the precompute. Each step is one forward + backward of π_θ.
+- log π(y|x) is the sum over the response tokens, in float32 (as ``models.sequence_logps``). Every
+  response ends with EOS, as in TRL, so the policy also learns where to stop. Prompt and response are
+  tokenized separately, so the tokens scored are the response's own; TRL tokenizes prompt ⊕ response
+  and splits where it departs from the prompt's tokens. Both agree whenever no BPE merge crosses the
+  boundary, e.g. when the response starts with a space.
+- chosen and rejected share ONE forward pass: the batch is [x ⊕ y_w rows ; x ⊕ y_l rows], right-padded as
+  TRL's collator, and the LM head runs only where a response token is predicted (``response_logps``).
+  On a CPU, ``length_buckets=k`` cuts the rows, sorted by length, into k passes: less padding computed.
+- a row over ``max_length`` tokens is cut at its end (TRL's ``keep_start``: the EOS is lost); a pair
+  whose prompt alone fills ``max_length`` is dropped. Both are counted in a ``data.Report``.
+- IPO (Azar et al., 2023, Eq. 17) is length-normalised as in TRL 1.16: the log-ratios are averaged over
+  the response tokens, so that (u − 1/2β)² does not grow with the length of the responses. The logged
+  rewards stay β × the summed log-ratios, for every loss type (TRL's metrics).
+
+    pairs, report = precompute_reference_logps(ref_model, tokenizer, pairs, config)   # once
+    del ref_model                                                                       # frees its memory
+    policy, metrics = train_dpo(policy, tokenizer, pairs, config, eval_fn=make_eval_fn(...))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .data import PAIR_FIELDS, Report
+from .evaluate import evaluate_policy
+from .losses import LOSS_TYPES, dpo_loss
+from .models import _ids, load_policy, position_ids_from_mask
+from .training import TrainConfig, _check_int, train_loop
+from .validate import check_positive
+
+REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")  # added to each pair record by the precompute (TRL's names)
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO on precomputed reference log-probs; the shared fields are documented in ``TrainConfig``."""
+
+    lr: float = 1e-4  # peak AdamW learning rate (the tiny GPT-2; the paper uses 1e-6 for GPT-2 models)
+    batch_size: int = 16  # preference pairs per step (2 × batch_size rows in one forward pass)
+    beta: float = 0.1  # β of Eq. 7: the weight of KL(π ‖ π_ref); small β lets the policy move far
+    loss_type: str = "sigmoid"  # "sigmoid" (DPO, Eq. 7), "ipo" (length-normalised, as TRL) or "hinge"
+    label_smoothing: float = 0.0  # cDPO's ε: each label assumed flipped with probability ε (sigmoid only)
+    max_length: int = 64  # tokens per row, prompt + response + EOS; longer rows are cut at the end (reported)
+    append_eos: bool = True  # end every response with EOS, as TRL: stopping is part of what is learned
+    length_buckets: int = 1  # forward passes per step, rows sorted by length: less padding computed (pair_logps)
+    ref_batch_size: int | None = None  # pairs per forward pass of the reference precompute; None: batch_size (TRL)
+    eval_max_new_tokens: int = 24  # tokens sampled per held-out prompt by make_eval_fn
+    eval_temperature: float = 1.0  # sampling temperature of make_eval_fn (1.0: the policy itself)
+    eval_batch_size: int = 64  # prompts (or pairs) per batch in make_eval_fn; with the seed it fixes the samples
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive("beta", self.beta)
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if not (isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 0.5):
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not {self.loss_type!r}")
+        _check_int("max_length", self.max_length, 2)  # one prompt token and one response token at least
+        for name in ("length_buckets", "eval_max_new_tokens", "eval_batch_size"):
+            _check_int(name, getattr(self, name), 1)
+        check_positive("eval_temperature", self.eval_temperature)
+        if self.ref_batch_size is not None:
+            _check_int("ref_batch_size", self.ref_batch_size, 1)
+
+    @classmethod
+    def from_preset(cls, preset, **overrides) -> "DPOConfig":
+        """The preset's DPO sizes (``dpo_*`` fields, ``max_length``, sampling settings), any field overridden."""
+        sizes = {"epochs": preset.dpo_epochs, "batch_size": preset.dpo_batch_size, "lr": preset.dpo_lr,
+                 "beta": preset.dpo_beta, "warmup_steps": preset.dpo_warmup_steps, "max_length": preset.max_length,
+                 "length_buckets": preset.dpo_length_buckets, "eval_max_new_tokens": preset.max_new_tokens,
+                 "eval_temperature": preset.temperature}
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown DPOConfig field(s) {sorted(unknown)}")
+        return cls(**{**sizes, **overrides})
+
+
+# --- tokens and batches -----------------------------------------------------------------------------------
+
+
+def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos: bool = True
+                   ) -> tuple[list[dict], Report]:
+    """``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` (TRL's names) of each pair, and a report.
+
+    Each row keeps ``index``, its position in ``pairs``. TRL's truncation rule (``keep_start``):
+    prompt ⊕ response is cut to ``max_length`` tokens, so a long response loses its end (and its EOS),
+    counted as truncated; a prompt of ``max_length`` tokens or more leaves no response token to score,
+    so its pair is skipped (its index listed in ``report.skipped_rows``).
+    """
+    _check_int("max_length", max_length, 2)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError("tokenizer needs a pad token distinct from EOS (models.load_tokenizer adds one)")
+    report, rows = Report("tokenize_pairs", total=len(pairs)), []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not all(k in pair for k in PAIR_FIELDS):
+            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', got {pair!r}")
+        prompt = _ids(tokenizer, pair["prompt"])
+        if not prompt:  # the first response token is predicted from the last prompt position
+            raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
+        if len(prompt) >= max_length:
+            report.skip(i, f"prompt alone has ≥ max_length={max_length} tokens: no response token left")
+            continue
+        row, room = {"index": i, "prompt_ids": prompt}, max_length - len(prompt)
+        for side in ("chosen", "rejected"):
+            ids = _ids(tokenizer, pair[side]) + ([tokenizer.eos_token_id] if append_eos else [])
+            if len(ids) > room:
+                ids = ids[:room]  # keep_start: the end of the response goes
+                report.truncate(f"{side} cut to fit max_length={max_length} tokens")
+            row[f"{side}_ids"] = ids
+        rows.append(row)
+    return rows, report
+
+
+def collate_pairs(rows: Sequence[dict], pad_token_id: int) -> dict[str, Tensor]:
+    """[x ⊕ y_w ; x ⊕ y_l]: the chosen row of every pair, then its rejected row, in ONE batch.
+
+    TRL's layout: each row is prompt ⊕ response, right-padded to the longest row of the batch (narrower
+    than ``models.encode_pairs``' longest prompt + longest response); ``response_mask`` is 1 on the
+    response tokens. Positions come from the attention mask, so the log-probs do not depend on the layout.
+    """
+    prompts = [row["prompt_ids"] for row in rows]
+    responses = [row["chosen_ids"] for row in rows] + [row["rejected_ids"] for row in rows]
+    return _right_padded(list(zip(prompts + prompts, responses)), pad_token_id)
+
+
+def _right_padded(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, Tensor]:
+    width = max(len(p) + len(r) for p, r in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    response = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (p, r) in enumerate(sequences):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        mask[i, : len(p) + len(r)] = 1
+        response[i, len(p) : len(p) + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "response_mask": response}
+
+
+def response_logps(model, batch: dict[str, Tensor]) -> Tensor:
+    """log π(y|x) = Σ_t log π(y_t | x, y_<t) per row, in float32: ``models.sequence_logps``, made cheaper.
+
+    The LM head and the softmax run only at the positions that predict a response token, not at every
+    prompt and pad position (TRL's fused LM head does the same): a third of the positions in a typical
+    batch. GPT-2-style models: the hidden states of ``model.base_model`` times the output embedding.
+    """
+    device = model.get_input_embeddings().weight.device
+    ids, mask, response = (batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask"))
+    hidden = model.base_model(input_ids=ids, attention_mask=mask,
+                              position_ids=position_ids_from_mask(mask)).last_hidden_state
+    scored = response[:, 1:].bool()  # boundary: the hidden state at t predicts token t + 1
+    logits = model.get_output_embeddings()(hidden[:, :-1][scored]).float()  # [scored tokens, vocab], float32
+    targets = ids[:, 1:][scored]
+    token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)  # log softmax at y_t
+    return torch.zeros(scored.shape, device=device).masked_scatter(scored, token_logps).sum(-1)
+
+
+def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(log π(y_w|x), log π(y_l|x), tokens of y_w, tokens of y_l)`` of tokenized pairs.
+
+    ``buckets=1``: one forward pass over ``collate_pairs``' batch. ``buckets=k``: the 2n rows sorted by
+    length and cut into k forward passes, so short rows are not padded to the longest one; the same
+    numbers (up to float rounding), one graph, one backward, less padding computed.
+    """
+    if not rows:
+        return (torch.empty(0),) * 4
+    sequences = [(r["prompt_ids"], r[side]) for side in ("chosen_ids", "rejected_ids") for r in rows]
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    order = order if buckets > 1 else list(range(len(sequences)))
+    size = math.ceil(len(order) / buckets)
+    chunks = [order[s : s + size] for s in range(0, len(order), size)]
+    parts = [response_logps(model, _right_padded([sequences[i] for i in c], tokenizer.pad_token_id)) for c in chunks]
+    logps = torch.cat(parts)[torch.argsort(torch.tensor(order)).to(parts[0].device)]  # back to the rows' order
+    tokens = torch.tensor([len(r) for _, r in sequences], device=logps.device)
+    n = len(rows)
+    return logps[:n], logps[n:], tokens[:n], tokens[n:]
+
+
+# --- the reference, once ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None,
+                               batch_size: int | None = None, verbose: bool = True) -> tuple[list[dict], Report]:
+    """Copies of the pair records with ``ref_chosen_logps`` / ``ref_rejected_logps`` = log π_ref(y|x) added.
+
+    One pass over the dataset without gradients, rows sorted by length (little padding), ``batch_size``
+    pairs per forward pass (default: ``config.ref_batch_size``, else ``config.batch_size``), tokenized and
+    truncated as ``train_dpo`` will: use the same ``config``. Pairs that ``tokenize_pairs`` drops are left
+    out and counted in the returned report, printed when ``verbose`` and something was cut or dropped.
+    Afterwards the reference model is no longer needed for training: delete it to halve the memory.
+    """
+    config = config if config is not None else DPOConfig()
+    batch_size = batch_size if batch_size is not None else config.ref_batch_size or config.batch_size
+    _check_int("batch_size", batch_size, 1)
+    _check_fits(ref_model, config)
+    rows, report = tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
+    report.step = "precompute_reference_logps"
+    was_training = ref_model.training
+    ref_model.eval()  # no dropout: the reference is the deterministic π_ref
+    try:  # all rows sorted by length, batch_size pairs per forward pass: hardly any padding computed
+        chosen, rejected, _, _ = pair_logps(ref_model, tokenizer, rows, buckets=math.ceil(len(rows) / batch_size))
+    finally:
+        ref_model.train(was_training)
+    out = [{**pairs[row["index"]], "ref_chosen_logps": c, "ref_rejected_logps": r}
+           for row, c, r in zip(rows, chosen.tolist(), rejected.tolist())]
+    if verbose and (report.skipped or report.truncated):
+        print(report)
+    return out, report
+
+
+def _check_fits(model, config: DPOConfig) -> None:
+    n_positions = getattr(model.config, "n_positions", None)
+    if n_positions is not None and config.max_length > n_positions:
+        raise ValueError(f"config.max_length ({config.max_length}) exceeds the model's n_positions ({n_positions})")
+
+
+def _reference_rows(tokenizer, pairs: Sequence[dict], config: DPOConfig) -> list[dict]:
+    """Tokenized pairs with their reference log-probs; refuses pairs the precompute did not prepare."""
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not all(k in pair for k in REF_FIELDS):
+            raise ValueError(f"pairs[{i}] has no {' / '.join(REF_FIELDS)}: run "
+                             "precompute_reference_logps(ref_model, tokenizer, pairs, config) first")
+        for k in REF_FIELDS:
+            if not (isinstance(pair[k], (int, float)) and math.isfinite(pair[k])):
+                raise ValueError(f"pairs[{i}]['{k}'] must be a finite number, got {pair[k]!r}")
+    rows, report = tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
+    if report.skipped:  # the precompute drops these pairs itself: its max_length must have been another
+        raise ValueError(f"pairs {report.skipped_rows[:8]} do not fit config.max_length={config.max_length}; "
+                         "compute their reference log-probs with the same config as train_dpo")
+    for row in rows:
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = (pairs[row["index"]][k] for k in REF_FIELDS)
+    return rows
+
+
+# --- the loss ---------------------------------------------------------------------------------------------
+
+
+def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+                    chosen_tokens: Tensor, rejected_tokens: Tensor, config: DPOConfig) -> tuple[Tensor, dict]:
+    """The configured loss of summed log-probs, and TRL's metrics (rewards = β × summed log-ratios)."""
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss_type,
+                             config.label_smoothing)  # sigmoid (Eq. 7) / cDPO / hinge on the summed log-ratios
+    if config.loss_type == "ipo":
+        # TRL 1.16 (confirmed with the IPO authors): average log-ratio per response token, so β and the loss
+        # mean the same for short and long responses. (a − b)/n = a/n − b/n: average each log-prob.
+        n_w, n_l = chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1)
+        loss, _ = dpo_loss(chosen / n_w, rejected / n_l, ref_chosen / n_w, ref_rejected / n_l, config.beta, "ipo")
+    return loss, metrics
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None,
+              callback: Callable[[int, dict], None] | None = None, checkpoint_dir=None,
+              eval_fn: Callable[[], dict] | None = None):
+    """Optimise ``policy`` (in place) by DPO on pairs prepared by ``precompute_reference_logps``.
+
+    Returns ``(policy, metrics)``, one dict per step with TRL's names: ``loss``, ``rewards/chosen``,
+    ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
+    ``logps/rejected``, ``grad_norm``, ``learning_rate``, ``epoch``; ``eval_fn()``'s metrics every
+    ``eval_every`` steps and after the last (see ``make_eval_fn``). ``checkpoint_dir`` saves checkpoints
+    and resumes from one to the same numbers (``training.train_loop``). A non-finite loss stops the run
+    with a ``FloatingPointError`` naming the step and the batch.
+    """
+    config = config if config is not None else DPOConfig()
+    if not isinstance(config, DPOConfig):
+        raise ValueError(f"config must be a DPOConfig, got {type(config).__name__}")
+    _check_fits(policy, config)
+    rows = _reference_rows(tokenizer, pairs, config)  # tokenized once, not at every step
+
+    def step_fn(batch: list[dict]):
+        chosen, rejected, n_w, n_l = pair_logps(policy, tokenizer, batch, config.length_buckets)
+        if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
+            return chosen.sum() + rejected.sum(), {}  # non-finite: train_loop names the step and the batch
+        ref_chosen = torch.tensor([row["ref_chosen_logps"] for row in batch], device=chosen.device)
+        ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in batch], device=chosen.device)
+        return preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l, config)
+
+    metrics = train_loop(policy, rows, step_fn, config, callback=callback, checkpoint_dir=checkpoint_dir,
+                         eval_fn=eval_fn, desc="DPO")
+    return policy, metrics
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_pairs(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None) -> dict:
+    """Held-out preference metrics on pairs with reference log-probs: ``eval_loss``, ``eval_rewards/...``."""
+    config = config if config is not None else DPOConfig()
+    rows = _reference_rows(tokenizer, pairs, config)
+    if not rows:
+        raise ValueError("pairs is empty: nothing to evaluate")
+    was_training = policy.training
+    policy.eval()
+    try:
+        chosen, rejected, n_w, n_l = pair_logps(policy, tokenizer, rows, math.ceil(len(rows) / config.eval_batch_size))
+    finally:
+        policy.train(was_training)
+    ref_chosen = torch.tensor([row["ref_chosen_logps"] for row in rows], device=chosen.device)
+    ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in rows], device=chosen.device)
+    loss, metrics = preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l, config)
+    return {"eval_loss": loss.item(), **{f"eval_{k}": v for k, v in metrics.items()}}
+
+
+def make_eval_fn(policy, tokenizer, config: DPOConfig, prompts: Sequence[str] = (), reward: Callable | None = None,
+                 ref=None, eval_pairs: Sequence[dict] | None = None) -> Callable[[], dict]:
+    """An ``eval_fn`` for ``train_dpo``: what the paper plots (Fig. 2), and held-out pair metrics.
+
+    With ``prompts``, ``reward`` and ``ref``: one sample per held-out prompt, scored by the ground-truth
+    ``reward`` (``eval/reward``) and its sequence KL(π ‖ π_ref) (``eval/kl``, ``eval/kl_sampled``,
+    ``eval/length``; ``evaluate.evaluate_policy``, same seed at every evaluation so the curves compare like
+    with like). The KL needs π_ref at evaluation time. ``ref`` is either
+
+    - a model: fastest, but it stays in memory for the whole run (two models, as TRL without precompute);
+    - a folder (``str`` / ``Path``, e.g. the SFT run folder): loaded at each evaluation onto the policy's
+      device and freed afterwards; memory is needed only while evaluating, at the price of one load each.
+
+    With ``eval_pairs`` (prepared by ``precompute_reference_logps``): ``eval_loss`` and
+    ``eval_rewards/...`` (``evaluate_pairs``); no reference model needed. The latest samples are kept in
+    ``eval_fn.samples`` (a list of dicts with prompt, completion, reward and KL).
+    """
+    if prompts and (reward is None or ref is None):
+        raise ValueError("evaluating on prompts needs a reward (the ground truth) and ref (model or folder)")
+    if not prompts and eval_pairs is None:
+        raise ValueError("give prompts (with reward and ref), eval_pairs, or both")
+
+    def reference() -> nn.Module:
+        if isinstance(ref, nn.Module):
+            return ref
+        if not Path(ref).is_dir():
+            raise ValueError(f"ref must be a model or a folder holding one, got {ref!r}")
+        device, dtype = policy.get_input_embeddings().weight.device, policy.get_input_embeddings().weight.dtype
+        with torch.random.fork_rng(devices=[]):  # loading must not move the training's random state
+            return load_policy(ref, tokenizer, device=str(device), dtype=str(dtype).removeprefix("torch.")).eval()
+
+    def eval_fn() -> dict:
+        metrics = {}
+        if eval_pairs is not None:
+            metrics.update(evaluate_pairs(policy, tokenizer, eval_pairs, config))
+        if prompts:
+            ref_model = reference()
+            result, eval_fn.samples = evaluate_policy(
+                policy, ref_model, tokenizer, list(prompts), reward, config.eval_max_new_tokens,
+                config.eval_temperature, seed=config.seed, batch_size=config.eval_batch_size)
+            del ref_model  # a folder's model is freed here; a model passed in lives on in the caller
+            metrics.update(result)
+        return metrics
+
+    eval_fn.samples = []
+    return eval_fn
