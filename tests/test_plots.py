@@ -55,3 +55,30 @@ def test_implicit_reward_one_line_per_prompt():
     reward = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
     fig = plots.plot_implicit_reward(reward, reward - 3)
     assert len(fig.axes[0].lines) == 2
+
+
+def test_training_curves_skip_rows_without_the_metric():
+    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5, "eval_loss": 0.7}]
+    fig = plots.plot_training_curves({"SFT": rows}, [["loss", "eval_loss"]])
+    lines = fig.axes[0].lines
+    assert [list(line.get_xdata()) for line in lines] == [[1, 2], [2]]
+
+
+def test_frontier_draws_every_evaluation_and_the_reference():
+    runs = {
+        "DPO β=0.1": [{"step": 5, "eval/kl": 1.0, "eval/reward": 0.6}, {"step": 6, "loss": 0.3}],
+        "PPO KL→2": [{"step": 2, "eval/kl": 2.0, "eval/reward": 0.7}, {"step": 4, "eval/kl": 3.0, "eval/reward": 0.8}],
+    }
+    fig = plots.plot_frontier(runs, reference_reward=0.5, highlight="PPO KL→2")
+    ax = fig.axes[0]
+    dpo, ppo = ax.collections
+    np.testing.assert_allclose(dpo.get_offsets(), [[1.0, 0.6]])
+    np.testing.assert_allclose(ppo.get_offsets(), [[2.0, 0.7], [3.0, 0.8]])
+    assert ppo.get_sizes()[0] > dpo.get_sizes()[0]  # the highlighted run stands out
+    assert ax.lines[0].get_ydata()[0] == 0.5  # π_ref's reward
+
+
+def test_prompt_samples_bars_are_the_rewards():
+    fig = plots.plot_prompt_samples("The film", [0.1, 0.9, 0.5, 0.3], model_scores=[1.0, 2.0, 0.0, -1.0])
+    np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches], [0.1, 0.9, 0.5, 0.3])
+    np.testing.assert_allclose([p.get_height() for p in fig.axes[1].patches], [1.0, 2.0, 0.0, -1.0])
