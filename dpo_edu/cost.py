@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,9 +42,21 @@ class CostMeter:
         self.models = models
         self.forward_tokens = self.backward_tokens = 0
         self.seconds = self.peak_memory_mb = 0.0
-        self._hooks = []
+        self._hooks, self._paused = [], False
+
+    @contextmanager
+    def paused(self):
+        """Leave out what runs inside (e.g. an evaluation both pipelines share): no tokens, no seconds."""
+        start, self._paused = time.perf_counter(), True
+        try:
+            yield
+        finally:
+            self._paused = False
+            self.seconds -= time.perf_counter() - start
 
     def _count(self, module, args, kwargs):
+        if self._paused:
+            return
         ids = kwargs.get("input_ids", args[0] if args else None)
         if isinstance(ids, torch.Tensor):
             self.forward_tokens += ids.numel()
@@ -55,7 +68,10 @@ class CostMeter:
             self.peak_memory_mb = max(self.peak_memory_mb, resident_mb())
 
     def __enter__(self) -> "CostMeter":
-        self._hooks = [m.register_forward_pre_hook(self._count, with_kwargs=True) for m in self.models]
+        # Hook the transformer body (``base_model`` of a Hugging Face model): trainers may call it directly,
+        # e.g. DPO runs the LM head only where a response token is predicted.
+        bodies = [getattr(m, "base_model", m) for m in self.models]
+        self._hooks = [body.register_forward_pre_hook(self._count, with_kwargs=True) for body in bodies]
         self._cuda = torch.cuda.is_available()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()

@@ -63,6 +63,18 @@ class Preset:
     dpo_beta: float  # β, the weight of KL(π ‖ π_ref) in DPO's objective (the paper's sentiment runs: 0.05–5)
     dpo_warmup_steps: int  # steps of linear learning-rate warmup (the paper: 150)
     dpo_length_buckets: int  # forward passes per DPO step, rows sorted by length: less padding on a CPU (GPU: 1)
+    # --- PPO (notebook 05; see ppo.py) ---
+    ppo_steps: int  # PPO steps, each one rollout of ppo_batch_size prompts + its ppo_epochs passes
+    ppo_batch_size: int  # prompts per rollout, one sampled completion each
+    ppo_mini_batch_size: int  # rows per optimiser step within a PPO epoch
+    ppo_epochs: int  # passes of shuffled minibatches over each rollout
+    ppo_lr: float  # AdamW learning rate of policy + value head (TRL's gpt2 sentiment example: 1.41e-5)
+    ppo_kl_coef: float  # β of the per-token KL penalty, in units of the score's std on π_ref (initial β if adaptive)
+    ppo_target_kl: float | None  # sequence KL the adaptive controller steers to (Ziegler et al.: 6); None: β fixed
+    ppo_kl_horizon: int  # the adaptive controller's horizon in episodes (Ziegler et al.: 10,000)
+    # --- the RLHF vs DPO comparison (notebook 05; see pipeline.py) ---
+    dpo_beta_sweep: tuple  # β of each DPO run on the reward–KL frontier (the paper's Fig. 2 sweeps 0.05–5)
+    ppo_target_sweep: tuple  # target KL (nats) of each PPO run on the frontier (adaptive KL controller)
 
 
 PRESETS = {
@@ -105,6 +117,16 @@ PRESETS = {
         dpo_beta=0.1,
         dpo_warmup_steps=0,
         dpo_length_buckets=3,
+        ppo_steps=24,  # about 20 s on one CPU thread
+        ppo_batch_size=32,
+        ppo_mini_batch_size=8,
+        ppo_epochs=4,
+        ppo_lr=3e-4,
+        ppo_kl_coef=0.05,
+        ppo_target_kl=None,
+        ppo_kl_horizon=512,
+        dpo_beta_sweep=(0.1, 1.0),
+        ppo_target_sweep=(2.0, 8.0),
     ),
     "cpu": Preset(
         name="cpu",
@@ -145,6 +167,16 @@ PRESETS = {
         dpo_beta=0.1,
         dpo_warmup_steps=10,
         dpo_length_buckets=3,
+        ppo_steps=64,  # about 2 minutes on one CPU thread
+        ppo_batch_size=32,
+        ppo_mini_batch_size=8,
+        ppo_epochs=4,
+        ppo_lr=1e-4,
+        ppo_kl_coef=0.05,
+        ppo_target_kl=None,
+        ppo_kl_horizon=2048,
+        dpo_beta_sweep=(0.1, 0.5, 2.0),
+        ppo_target_sweep=(1.0, 3.0, 9.0),
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -185,6 +217,16 @@ PRESETS = {
         dpo_beta=0.1,
         dpo_warmup_steps=150,
         dpo_length_buckets=1,
+        ppo_steps=200,
+        ppo_batch_size=64,
+        ppo_mini_batch_size=16,
+        ppo_epochs=4,
+        ppo_lr=1.41e-5,
+        ppo_kl_coef=0.1,
+        ppo_target_kl=6.0,
+        ppo_kl_horizon=10_000,
+        dpo_beta_sweep=(0.05, 0.1, 0.5, 1.0),
+        ppo_target_sweep=(2.0, 4.0, 8.0, 16.0),
     ),
 }
 

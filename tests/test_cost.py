@@ -40,3 +40,11 @@ def test_a_meter_can_be_entered_twice(tiny_lm):
         with meter, torch.no_grad():
             models.sequence_logps(policy, **batch)
     assert meter.forward_tokens == 2 * batch["input_ids"].numel()
+
+
+def test_counts_a_trainer_that_calls_the_transformer_body_directly(tiny_lm, one_thread):
+    policy, tokenizer = tiny_lm
+    batch = models.encode_pairs(tokenizer, ["The film"], [" was fine"])
+    with CostMeter(policy) as cost, torch.no_grad():
+        policy.base_model(input_ids=batch["input_ids"])  # as dpo.response_logps does
+    assert cost.forward_tokens == batch["input_ids"].numel()

@@ -58,3 +58,39 @@ def test_explorer_redraws_on_change():
     box = widgets.explorer({"x": slider}, render)
     slider.value = 4
     assert calls == [1, 4] and box.children[1].value == "x = 4"
+
+
+def test_samples_explorer_lists_completions_and_pairs():
+    samples = [
+        {"prompt": "The film", "completions": [" a", " b", " c", " d"], "rewards": [0.1, 0.9, 0.5, 0.5]},
+        {"prompt": "I <3", "completions": [" w", " x", " y", " z"], "rewards": [0.4, 0.3, 0.2, 0.1]},
+    ]
+    box = widgets.explore_samples(samples)
+    (prompt,), readout = controls_readout(box)
+    assert "<b>The film</b>" in readout.value and "1 ≻ 0" in readout.value
+    assert "2 ≻ 3" not in readout.value and "3 ≻ 2" not in readout.value  # a tie makes no pair
+    prompt.value = 1
+    assert "I &lt;3" in readout.value and "0 ≻ 3" in readout.value  # the prompt is HTML-escaped
+
+
+def test_runs_explorer_follows_the_chosen_run():
+    def run(reward, kl):
+        sample = {"prompt": "A", "completion": " good", "reward": reward, "kl": kl}
+        return {"metrics": [{"step": 1, "eval/reward": reward, "eval/kl": kl}], "samples": [sample]}
+
+    box = widgets.explore_runs({"DPO β=0.1": run(0.7, 1.5), "PPO KL→2": run(0.6, 2.0)}, reference_reward=0.5)
+    (choice,), readout = controls_readout(box)
+    assert readout.value.startswith("DPO β=0.1: reward 0.700, KL 1.50")
+    choice.value = "PPO KL→2"
+    assert readout.value.startswith("PPO KL→2: reward 0.600, KL 2.00")
+
+
+def test_live_curves_keep_every_run():
+    from dpo_edu.live import LiveCurves
+
+    dashboard = LiveCurves([["loss"]])
+    dashboard.run("a")(1, {"loss": 1.0})
+    dashboard.run("b")(1, {"loss": 2.0})
+    dashboard.run("a")(2, {"loss": 0.5})
+    assert dashboard.runs == {"a": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}], "b": [{"step": 1, "loss": 2.0}]}
+    assert len(dashboard.figure().axes[0].lines) == 2
