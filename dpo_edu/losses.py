@@ -12,7 +12,8 @@ and h = r̂_w − r̂_l = β u, where u is the difference of log-ratios. The los
     IPO                      (u − 1/(2β))²                         (Azar et al., 2023, Eq. 17)
     hinge                    max(0, 1 − h)                          (SLiC, Zhao et al., 2023)
 
-Metric names follow TRL's DPOTrainer so that what students learn here transfers.
+Metric names follow TRL's DPOTrainer so that what students learn here transfers. PPO's clipped policy
+and value losses (Schulman et al., 2017), per response token, close the file.
 """
 
 from __future__ import annotations
@@ -100,3 +101,65 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tens
     """Reward-model loss −E log σ(r_φ(x, y_w) − r_φ(x, y_l))  (DPO paper, Eq. 2)."""
     check_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+# --- PPO (Schulman et al., 2017), per response token -------------------------------------------------------
+#
+# Both losses are averaged over the response tokens of a minibatch (``mask`` = 1 there, 0 on the prompt's
+# pads and after EOS), as TRL's PPO and lm-human-preferences do. Both take the pessimistic (larger) of an
+# unclipped and a clipped term, so a step never gains by moving far from the rollout's π_old and V_old.
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Σ mask·x / Σ mask; masked-out entries (even NaN) are ignored."""
+    mask = mask.bool()
+    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+                    cliprange: float = 0.2) -> tuple[Tensor, dict[str, float]]:
+    """PPO's clipped surrogate (Schulman et al., 2017, Eq. 7), as a loss to minimise:
+
+        ρ_t = π_θ(y_t) / π_old(y_t) = exp(log π_θ(y_t) − log π_old(y_t))
+        L^CLIP = E_t[ max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε)) ]
+
+    Metrics: ``policy/clipfrac`` (tokens where the clipped term is the larger), ``policy/approxkl``
+    (½ E_t[(log ρ_t)²], TRL's estimate of KL(π_old ‖ π_θ)) and ``val/ratio`` (E_t[ρ_t]).
+    """
+    check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    check_positive("cliprange", cliprange)
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)  # ρ_t
+    unclipped = -advantages * ratio  # −A ρ
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)  # −A clip(ρ, 1 − ε, 1 + ε)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)  # the pessimistic bound
+    metrics = {
+        "policy/clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
+        "policy/approxkl": masked_mean(0.5 * log_ratio.detach() ** 2, mask).item(),
+        "val/ratio": masked_mean(ratio.detach(), mask).item(),
+    }
+    return loss, metrics
+
+
+def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+                   cliprange_value: float = 0.2) -> tuple[Tensor, dict[str, float]]:
+    """Clipped value loss (OpenAI baselines; Huang et al., 2023, as lm-human-preferences and TRL):
+
+        V^clip_t = V_old,t + clip(V_t − V_old,t, −ε_v, ε_v)
+        L^V = ½ E_t[ max((V_t − R_t)², (V^clip_t − R_t)²) ]
+
+    where R_t = A_t + V_old,t are the returns of the rollout. Metrics: ``val/clipfrac`` (tokens where the
+    clipped error is the larger), ``val/vpred`` (E_t[V_t]) and ``val/error`` (E_t[(V_t − R_t)²]).
+    """
+    check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    check_positive("cliprange_value", cliprange_value)
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)  # V^clip
+    unclipped_error = (values - returns) ** 2  # (V − R)²
+    clipped_error = (clipped - returns) ** 2  # (V^clip − R)²
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    metrics = {
+        "val/clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask).item(),
+        "val/vpred": masked_mean(values.detach(), mask).item(),
+        "val/error": masked_mean(unclipped_error.detach(), mask).item(),
+    }
+    return loss, metrics

@@ -124,7 +124,7 @@ PRESETS = {
         ppo_lr=3e-4,
         ppo_kl_coef=0.05,
         ppo_target_kl=None,
-        ppo_kl_horizon=512,
+        ppo_kl_horizon=64,  # short runs: β may move up to 0.2 · 32/64 = 10 % a step
         dpo_beta_sweep=(0.1, 1.0),
         ppo_target_sweep=(2.0, 8.0),
     ),
@@ -174,7 +174,7 @@ PRESETS = {
         ppo_lr=1e-4,
         ppo_kl_coef=0.05,
         ppo_target_kl=None,
-        ppo_kl_horizon=2048,
+        ppo_kl_horizon=128,  # β may move up to 5 % a step
         dpo_beta_sweep=(0.1, 0.5, 2.0),
         ppo_target_sweep=(1.0, 3.0, 9.0),
     ),
