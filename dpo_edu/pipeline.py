@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import data, models, preferences
+from . import data, dpo, models, ppo, preferences
+from .cost import CostMeter
 from .presets import Preset
 from .reward_model import RewardConfig, RewardModel, train_reward_model
 from .sentiment import SentimentReward, make_reward
@@ -30,6 +31,8 @@ from .training import RESUMABLE_CHANGES, load_metrics, save_metrics
 
 SETTINGS = "settings.json"
 METRICS = "metrics.jsonl"
+COST = "cost.json"
+SAMPLES = "samples.jsonl"
 EVAL_FRACTION = 0.1  # of the reviews, held out: SFT perplexity and the held-out prompts of notebook 05
 
 
@@ -143,14 +146,114 @@ def reward_model(preset: Preset, run_dir, tokenizer, train_pairs, eval_pairs, se
 
     def build(folder: Path) -> None:
         model = RewardModel.from_policy(run_dir / "sft", tokenizer, seed=seed)
-        _, metrics = train_reward_model(
-            model, tokenizer, train_pairs, config, callback=callback, eval_pairs=eval_pairs,
-            checkpoint_dir=run_dir / "checkpoints" / "reward_model",
-        )
+        with CostMeter(model) as cost:  # RLHF's cost: includes the held-out evaluations (forward only, small)
+            _, metrics = train_reward_model(
+                model, tokenizer, train_pairs, config, callback=callback, eval_pairs=eval_pairs,
+                checkpoint_dir=run_dir / "checkpoints" / "reward_model",
+            )
         model.save_pretrained(folder)
         save_metrics(metrics, folder / METRICS)
+        (folder / COST).write_text(json.dumps(cost.summary()))
         shutil.rmtree(run_dir / "checkpoints" / "reward_model", ignore_errors=True)
 
     cached_stage(run_dir / "reward_model", settings, build, "reward model")
     model = RewardModel.from_pretrained(run_dir / "reward_model", device=preset.device)
     return model.eval(), load_metrics(run_dir / "reward_model" / METRICS)
+
+
+def _stage_settings(run_dir: Path, *stages: str) -> dict:
+    return {stage: json.loads((run_dir / stage / SETTINGS).read_text()) for stage in stages}
+
+
+def stage_cost(folder) -> dict:
+    """The cost (``cost.CostMeter.summary``) a trained stage saved: seconds, token passes, peak memory."""
+    return json.loads((Path(folder) / COST).read_text())
+
+
+def _load_run(folder: Path) -> dict:
+    """What a finished alignment run left: its metrics, its last evaluation's samples and its cost."""
+    return {"metrics": load_metrics(folder / METRICS), "samples": data.load_jsonl(folder / SAMPLES),
+            "cost": stage_cost(folder)}
+
+
+def _eval_every(total_steps: int, n_evals: int) -> int:
+    """Evaluate ``n_evals`` times, the last after the final step (train_loop always evaluates then)."""
+    return max(1, total_steps // n_evals)
+
+
+def dpo_run(preset: Preset, run_dir, beta: float, tokenizer, train_pairs, prompts, reward, seed: int = 0,
+            n_evals: int = 3, callback=None) -> dict:
+    """One DPO run from π_ref at ``beta``, evaluated ``n_evals`` times on ``prompts``; cached in ``dpo/beta_*``.
+
+    Returns ``{"metrics", "samples", "cost"}``; the cost counts the reference precompute and training,
+    not the evaluations (both pipelines share those).
+    """
+    run_dir = Path(run_dir)
+    config = dpo.DPOConfig.from_preset(preset, beta=beta, seed=seed, eval_batch_size=max(len(prompts), 1))
+    config = replace(config, eval_every=_eval_every(config.total_steps(len(train_pairs)), n_evals))
+    settings = {**_stage_settings(run_dir, "sft", preferences.CACHE_DIR), "dpo": _config_settings(config),
+                "eval_prompts": len(prompts)}
+
+    def build(folder: Path) -> None:
+        policy = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype)
+        ref = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype)
+        # π_ref is read from its folder at each evaluation: no second model in memory while training
+        evaluate = dpo.make_eval_fn(policy, tokenizer, config, prompts, reward, ref=run_dir / "sft")
+        with CostMeter(policy, ref) as cost:
+            pairs, report = dpo.precompute_reference_logps(ref, tokenizer, train_pairs, config)
+            del ref  # log π_ref of every pair is stored: the reference model is no longer needed
+            if report.skipped or report.truncated:
+                print(report)
+
+            def eval_fn():
+                with cost.paused():
+                    return evaluate()
+
+            _, metrics = dpo.train_dpo(policy, tokenizer, pairs, config, callback=callback, eval_fn=eval_fn,
+                                       checkpoint_dir=run_dir / "checkpoints" / folder.name)
+        save_metrics(metrics, folder / METRICS)
+        data.save_jsonl(evaluate.samples, folder / SAMPLES)
+        (folder / COST).write_text(json.dumps(cost.summary()))
+        shutil.rmtree(run_dir / "checkpoints" / folder.name, ignore_errors=True)
+
+    folder = run_dir / "dpo" / f"beta_{beta:g}"
+    cached_stage(folder, settings, build, f"DPO β={beta:g}")
+    return _load_run(folder)
+
+
+def ppo_run(preset: Preset, run_dir, target_kl: float | None, tokenizer, train_prompts, prompts, reward,
+            seed: int = 0, n_evals: int = 3, callback=None, ground_truth: bool = False) -> dict:
+    """One PPO run from π_ref against the reward model (or, ``ground_truth=True``, the true reward: PPO-GT),
+    steering the KL toward ``target_kl`` (None: the preset's fixed β); cached in ``ppo/...``.
+
+    Returns ``{"metrics", "samples", "cost"}``; the cost counts the rollouts and updates, not the evaluations.
+    """
+    run_dir = Path(run_dir)
+    config = ppo.PPOConfig.from_preset(preset, target_kl=target_kl, seed=seed)
+    config = replace(config, eval_every=_eval_every(config.steps, n_evals))
+    stages = ("sft",) if ground_truth else ("sft", preferences.CACHE_DIR, "reward_model")
+    settings = {**_stage_settings(run_dir, *stages), "ppo": _config_settings(config), "eval_prompts": len(prompts),
+                "train_prompts": len(train_prompts), "ground_truth": ground_truth}
+
+    def build(folder: Path) -> None:
+        policy = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype)
+        ref = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype).eval()
+        score = reward if ground_truth else RewardModel.from_pretrained(run_dir / "reward_model", preset.device)
+        evaluate = ppo.make_eval_fn(policy, ref, tokenizer, prompts, reward, config, batch_size=max(len(prompts), 1))
+        scored = (policy, ref) if ground_truth else (policy, ref, score)
+        with CostMeter(*scored) as cost:
+
+            def eval_fn():
+                with cost.paused():
+                    return evaluate()
+
+            _, metrics = ppo.train_ppo(policy, ref, tokenizer, train_prompts, score, config, callback=callback,
+                                       eval_fn=eval_fn, checkpoint_dir=run_dir / "checkpoints" / folder.name)
+        save_metrics(metrics, folder / METRICS)
+        data.save_jsonl(evaluate.samples, folder / SAMPLES)
+        (folder / COST).write_text(json.dumps(cost.summary()))
+        shutil.rmtree(run_dir / "checkpoints" / folder.name, ignore_errors=True)
+
+    name = ("ppo_gt" if ground_truth else "ppo") + (f"/target_{target_kl:g}" if target_kl is not None else "/fixed")
+    cached_stage(run_dir / name, settings, build, f"PPO{'-GT' if ground_truth else ''} target KL={target_kl}")
+    return _load_run(run_dir / name)

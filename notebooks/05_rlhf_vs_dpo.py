@@ -1,0 +1,211 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · RLHF vs DPO
+#
+# The same reference policy $\pi_\text{ref}$, the same preference pairs (notebook 04), two ways to align:
+#
+# - **RLHF**: fit a reward model $r_\phi$ to the pairs (done in 04), then maximise
+#   $\mathbb E[r_\phi] - \beta\,\mathrm{KL}(\pi\|\pi_\text{ref})$ with **PPO**: sample, score, estimate advantages
+#   with a value head, take clipped policy-gradient steps, adapt β to hit a target KL.
+# - **DPO**: minimise $-\log\sigma\big(\beta\log\frac{\pi(y_w)}{\pi_\text{ref}(y_w)} - \beta\log\frac{\pi(y_l)}{\pi_\text{ref}(y_l)}\big)$
+#   on the pairs directly (notebook 03): no reward model, no sampling during training.
+#
+# Both are judged as in the DPO paper (§6.1, Fig. 2): on **held-out prompts**, the **ground-truth
+# reward** of samples against their **sequence KL** from $\pi_\text{ref}$. A method is better when its
+# points sit higher at the same KL: the *reward–KL frontier*.
+#
+# **Library:** `dpo_edu/dpo.py`, `dpo_edu/ppo.py`, `dpo_edu/evaluate.py`, `dpo_edu/cost.py`, `dpo_edu/pipeline.py`.
+
+# %% tags=["parameters"]
+PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
+SEED = 0  # seeds training, sampling and evaluation
+INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
+RUN_DIR = ""  # run folder shared with notebook 04; "" means runs/<preset> at the repository root
+DPO_BETAS = []  # β of each DPO run; [] means the preset's sweep
+PPO_TARGETS = []  # target KL (nats) of each PPO run; [] means the preset's sweep
+N_EVALS = 3  # evaluations per run: the points each run puts on the frontier
+KL_BOUND = 5.0  # "best reward at bounded KL": the best evaluation with KL ≤ this many nats
+
+# %%
+# %matplotlib inline
+from pathlib import Path
+
+import pandas as pd
+
+from dpo_edu import evaluate, pipeline, plots
+from dpo_edu.live import LiveCurves
+from dpo_edu.presets import get_preset
+from dpo_edu.record import record
+from dpo_edu.widgets import explore_runs
+
+preset = get_preset(PRESET)
+run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
+betas = list(DPO_BETAS) or list(preset.dpo_beta_sweep)
+targets = list(PPO_TARGETS) or list(preset.ppo_target_sweep)
+print(f"run folder: {run_dir}; DPO β: {betas}; PPO target KL: {targets}")
+
+# %% [markdown]
+# ## 1. What notebook 04 built
+#
+# Each stage is loaded from the run folder, or built now if this notebook runs first.
+
+# %%
+policy, tokenizer, _ = pipeline.reference_policy(preset, run_dir, SEED)
+reward = pipeline.ground_truth_reward(preset, run_dir, SEED)
+train_pairs, eval_pairs, _ = pipeline.preference_pairs(preset, run_dir, policy, tokenizer, reward, SEED)
+reward_model, _ = pipeline.reward_model(preset, run_dir, tokenizer, train_pairs, eval_pairs, SEED)
+train_prompts = sorted({pair["prompt"] for pair in train_pairs})  # PPO samples its own completions of these
+prompts = pipeline.eval_prompts(preset, tokenizer, preset.eval_pair_prompts, SEED)
+print(f"{len(train_pairs):,} training pairs over {len(train_prompts):,} prompts; {len(prompts)} held-out prompts")
+
+# %% [markdown]
+# The starting point: samples of $\pi_\text{ref}$ itself (KL 0) on the held-out prompts.
+
+# %%
+sft_eval, sft_samples = evaluate.evaluate_policy(
+    policy, policy, tokenizer, prompts, reward, preset.max_new_tokens, preset.temperature, seed=SEED,
+    batch_size=len(prompts),
+)
+print(f"π_ref: ground-truth reward {sft_eval['eval/reward']:.3f}")
+record("sft_reward", sft_eval["eval/reward"])
+
+# %% [markdown]
+# ## 2. Train both, side by side
+#
+# Every DPO β and every PPO target KL is one run from the same $\pi_\text{ref}$; each is evaluated
+# `N_EVALS` times during training. The dashboard redraws as they train: ground-truth reward and KL on
+# the held-out prompts, the training loss, DPO's implicit-reward margins and accuracies (notebook 03's
+# metrics, with TRL's names), and DPO's chosen and rejected log-probabilities.
+#
+# Watch the last panel. DPO only needs the *margin* between chosen and rejected to grow; nothing
+# stops both log-probabilities from falling. When $\log\pi(y_w)$ drops too, probability mass moves to
+# responses that are in *neither* set — **likelihood displacement** — and the samples can drift in ways
+# the preference data never asked for.
+
+# %%
+dashboard = LiveCurves(
+    [["eval/reward"], ["eval/kl"], ["loss", "loss/policy"], ["rewards/margins", "rewards/accuracies"],
+     ["logps/chosen", "logps/rejected"]],
+    title="RLHF vs DPO",
+)
+runs = {}
+for beta in betas:
+    name = f"DPO β={beta:g}"
+    runs[name] = pipeline.dpo_run(
+        preset, run_dir, beta, tokenizer, train_pairs, prompts, reward, SEED, N_EVALS, callback=dashboard.run(name)
+    )
+for target in targets:
+    name = f"PPO KL→{target:g}"
+    runs[name] = pipeline.ppo_run(
+        preset, run_dir, target, tokenizer, train_prompts, prompts, reward, SEED, N_EVALS, callback=dashboard.run(name)
+    )
+
+# %%
+plots.plot_training_curves(
+    {name: run["metrics"] for name, run in runs.items()},
+    [["eval/reward"], ["eval/kl"], ["logps/chosen", "logps/rejected"]],
+)
+
+# %% [markdown]
+# ## 3. The reward–KL frontier
+#
+# Every evaluation of every run: ground-truth reward against sequence KL on held-out prompts (the
+# exact per-token KL summed over each sampled response, `evaluate.sequence_kl`). In the paper (GPT-2
+# large, IMDb), DPO's points dominate PPO's: more reward at every KL. With the `ci` preset's tiny model
+# and a few dozen steps the picture is noisy; `cpu` and `gpt2` give it room to appear.
+
+# %%
+frontier = {name: run["metrics"] for name, run in runs.items()}
+plots.plot_frontier(frontier, sft_eval["eval/reward"])
+
+# %%
+points = pd.DataFrame(
+    [
+        {"run": name, "step": row["step"], "reward": row["eval/reward"], "KL": row["eval/kl"]}
+        for name, rows in frontier.items()
+        for row in rows
+        if "eval/kl" in row
+    ]
+)
+
+
+def best_at_bounded_kl(method: str) -> float:
+    bounded = points[points.run.str.startswith(method) & (points.KL <= KL_BOUND)]
+    return float(bounded.reward.max()) if len(bounded) else float("nan")
+
+
+print(points.round(3).to_string(index=False))
+record("frontier_points", points.to_dict(orient="records"))
+record("dpo_best_reward_at_kl", best_at_bounded_kl("DPO"))
+record("ppo_best_reward_at_kl", best_at_bounded_kl("PPO"))
+
+# %% [markdown]
+# ## 4. Samples: the same prompts, three policies
+#
+# The last evaluation's completions of each run's policy, beside $\pi_\text{ref}$'s, with their
+# ground-truth rewards.
+
+# %%
+table = pd.DataFrame({"prompt": [s["prompt"] for s in sft_samples[:8]]})
+table["SFT"] = [f"{s['completion']}  ({s['reward']:.2f})" for s in sft_samples[:8]]
+for name in (f"DPO β={betas[0]:g}", f"PPO KL→{targets[0]:g}"):
+    table[name] = [f"{s['completion']}  ({s['reward']:.2f})" for s in runs[name]["samples"][:8]]
+table
+
+# %% [markdown]
+# ## 5. What each pipeline costs
+#
+# Both pipelines share SFT and the preference pairs. RLHF adds a reward model and PPO, whose every step
+# *samples* completions token by token, then scores them with the reward model and $\pi_\text{ref}$ and
+# runs several epochs of updates. DPO adds one pass of $\pi_\text{ref}$ over the pairs and plain supervised
+# steps. Token passes (forward, and backward through the trained model) count the compute on any
+# machine; wall-clock and peak memory are this machine's. Evaluations are left out of both.
+
+# %%
+rm_cost = pipeline.stage_cost(run_dir / "reward_model")
+costs = pd.DataFrame(
+    {name: run["cost"] for name, run in runs.items()} | {"reward model (RLHF only)": rm_cost}
+).T
+print(costs.to_string())
+dpo_mean = costs[costs.index.str.startswith("DPO")].mean()
+rlhf_mean = costs[costs.index.str.startswith("PPO")].mean() + costs.loc["reward model (RLHF only)"]
+ratio = rlhf_mean / dpo_mean
+print(f"\nRLHF / DPO per run: {ratio['seconds']:.1f}× the time, {ratio['forward_tokens']:.1f}× the forward tokens, "
+      f"{ratio['backward_tokens']:.1f}× the backward tokens")
+record("cost_ratio_seconds", ratio["seconds"])
+record("cost_ratio_forward_tokens", ratio["forward_tokens"])
+
+# %% [markdown]
+# ## 6. Explore the runs
+#
+# Pick a run: its points on the frontier are highlighted and its latest samples listed.
+
+# %%
+explore_runs(runs, sft_eval["eval/reward"]) if INTERACTIVE else plots.plot_frontier(
+    frontier, sft_eval["eval/reward"], highlight=next(iter(runs))
+)
+
+# %% [markdown]
+# ## Summary
+#
+# - PPO climbs the *reward model*, paying for every step with sampling, scoring and a value function;
+#   DPO fits the *preferences* with a classification loss on log-probabilities.
+# - Both trade reward against KL; the frontier shows which trades better on held-out prompts.
+# - DPO's chosen and rejected log-probabilities can both fall (likelihood displacement): the margin is
+#   all it optimises.
+#
+# **Try it:** (1) rerun with `PPO_TARGETS = [20.0]`: what happens to the samples when the KL grows?
+# (2) Train PPO on the ground-truth reward (`pipeline.ppo_run(..., ground_truth=True)`, the paper's
+# PPO-GT): how much of the gap to DPO is the reward model's fault? (3) Try `DPO_BETAS = [0.01]`.
