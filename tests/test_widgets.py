@@ -1,6 +1,5 @@
 """Explorers: moving a slider changes the readout and redraws the figure."""
 
-import pytest
 
 from dpo_edu import toy, widgets
 
