@@ -176,6 +176,24 @@ def _load_run(folder: Path) -> dict:
             "cost": stage_cost(folder)}
 
 
+def _uncounted(evaluate, cost: CostMeter):
+    """``evaluate`` as an ``eval_fn`` the cost meter leaves out: both pipelines evaluate alike."""
+
+    def eval_fn():
+        with cost.paused():
+            return evaluate()
+
+    return eval_fn
+
+
+def _save_run(folder: Path, metrics, samples, cost: CostMeter, checkpoints: Path) -> None:
+    """Write what ``_load_run`` reads; the finished run's resume point is spent."""
+    save_metrics(metrics, folder / METRICS)
+    data.save_jsonl(samples, folder / SAMPLES)
+    (folder / COST).write_text(json.dumps(cost.summary()))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+
+
 def _eval_every(total_steps: int, n_evals: int) -> int:
     """Evaluate ``n_evals`` times, the last after the final step (train_loop always evaluates then)."""
     return max(1, total_steps // n_evals)
@@ -204,17 +222,10 @@ def dpo_run(preset: Preset, run_dir, beta: float, tokenizer, train_pairs, prompt
             del ref  # log π_ref of every pair is stored: the reference model is no longer needed
             if report.skipped or report.truncated:
                 print(report)
-
-            def eval_fn():
-                with cost.paused():
-                    return evaluate()
-
-            _, metrics = dpo.train_dpo(policy, tokenizer, pairs, config, callback=callback, eval_fn=eval_fn,
+            _, metrics = dpo.train_dpo(policy, tokenizer, pairs, config, callback=callback,
+                                       eval_fn=_uncounted(evaluate, cost),
                                        checkpoint_dir=run_dir / "checkpoints" / folder.name)
-        save_metrics(metrics, folder / METRICS)
-        data.save_jsonl(evaluate.samples, folder / SAMPLES)
-        (folder / COST).write_text(json.dumps(cost.summary()))
-        shutil.rmtree(run_dir / "checkpoints" / folder.name, ignore_errors=True)
+        _save_run(folder, metrics, evaluate.samples, cost, run_dir / "checkpoints" / folder.name)
 
     folder = run_dir / "dpo" / f"beta_{beta:g}"
     cached_stage(folder, settings, build, f"DPO β={beta:g}")
@@ -242,17 +253,10 @@ def ppo_run(preset: Preset, run_dir, target_kl: float | None, tokenizer, train_p
         evaluate = ppo.make_eval_fn(policy, ref, tokenizer, prompts, reward, config, batch_size=max(len(prompts), 1))
         scored = (policy, ref) if ground_truth else (policy, ref, score)
         with CostMeter(*scored) as cost:
-
-            def eval_fn():
-                with cost.paused():
-                    return evaluate()
-
             _, metrics = ppo.train_ppo(policy, ref, tokenizer, train_prompts, score, config, callback=callback,
-                                       eval_fn=eval_fn, checkpoint_dir=run_dir / "checkpoints" / folder.name)
-        save_metrics(metrics, folder / METRICS)
-        data.save_jsonl(evaluate.samples, folder / SAMPLES)
-        (folder / COST).write_text(json.dumps(cost.summary()))
-        shutil.rmtree(run_dir / "checkpoints" / folder.name, ignore_errors=True)
+                                       eval_fn=_uncounted(evaluate, cost),
+                                       checkpoint_dir=run_dir / "checkpoints" / folder.name)
+        _save_run(folder, metrics, evaluate.samples, cost, run_dir / "checkpoints" / folder.name)
 
     name = ("ppo_gt" if ground_truth else "ppo") + (f"/target_{target_kl:g}" if target_kl is not None else "/fixed")
     cached_stage(run_dir / name, settings, build, f"PPO{'-GT' if ground_truth else ''} target KL={target_kl}")
