@@ -48,9 +48,9 @@ from torch import Tensor, nn
 from .data import PAIR_FIELDS, Report
 from .evaluate import evaluate_policy
 from .losses import LOSS_TYPES, dpo_loss
-from .models import _ids, load_policy, position_ids_from_mask
-from .training import TrainConfig, _check_int, train_loop
-from .validate import check_positive
+from .models import load_policy, position_ids_from_mask, token_ids
+from .training import TrainConfig, train_loop
+from .validate import check_int, check_positive
 
 REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")  # added to each pair record by the precompute (TRL's names)
 
@@ -81,12 +81,12 @@ class DPOConfig(TrainConfig):
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not {self.loss_type!r}")
-        _check_int("max_length", self.max_length, 2)  # one prompt token and one response token at least
+        check_int("max_length", self.max_length, 2)  # one prompt token and one response token at least
         for name in ("length_buckets", "eval_max_new_tokens", "eval_batch_size"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         check_positive("eval_temperature", self.eval_temperature)
         if self.ref_batch_size is not None:
-            _check_int("ref_batch_size", self.ref_batch_size, 1)
+            check_int("ref_batch_size", self.ref_batch_size, 1)
 
     @classmethod
     def from_preset(cls, preset, **overrides) -> "DPOConfig":
@@ -113,14 +113,14 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
     counted as truncated; a prompt of ``max_length`` tokens or more leaves no response token to score,
     so its pair is skipped (its index listed in ``report.skipped_rows``).
     """
-    _check_int("max_length", max_length, 2)
+    check_int("max_length", max_length, 2)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("tokenizer needs a pad token distinct from EOS (models.load_tokenizer adds one)")
     report, rows = Report("tokenize_pairs", total=len(pairs)), []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, dict) or not all(k in pair for k in PAIR_FIELDS):
             raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', got {pair!r}")
-        prompt = _ids(tokenizer, pair["prompt"])
+        prompt = token_ids(tokenizer, pair["prompt"])
         if not prompt:  # the first response token is predicted from the last prompt position
             raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
         if len(prompt) >= max_length:
@@ -128,7 +128,7 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
             continue
         row, room = {"index": i, "prompt_ids": prompt}, max_length - len(prompt)
         for side in ("chosen", "rejected"):
-            ids = _ids(tokenizer, pair[side]) + ([tokenizer.eos_token_id] if append_eos else [])
+            ids = token_ids(tokenizer, pair[side]) + ([tokenizer.eos_token_id] if append_eos else [])
             if len(ids) > room:
                 ids = ids[:room]  # keep_start: the end of the response goes
                 report.truncate(f"{side} cut to fit max_length={max_length} tokens")
@@ -216,7 +216,7 @@ def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict], conf
     """
     config = config if config is not None else DPOConfig()
     batch_size = batch_size if batch_size is not None else config.ref_batch_size or config.batch_size
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     _check_fits(ref_model, config)
     rows, report = tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
     report.step = "precompute_reference_logps"

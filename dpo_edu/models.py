@@ -106,7 +106,7 @@ def _set_special_ids(model, tokenizer) -> None:
         config.eos_token_id = tokenizer.eos_token_id
 
 
-def _from_pretrained(load, source, cache_dir):
+def load_local_or_hub(load, source, cache_dir):
     """``load(source)`` for a local folder or a Hub id; offline, a Hub id fails fast with a short message."""
     if Path(source).is_dir():
         return load(source)
@@ -126,7 +126,7 @@ def load_tokenizer(source, cache_dir=None):
     """The tokenizer saved in a folder or on the Hub (``"gpt2"``), with a pad token distinct from EOS."""
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, str(source), cache_dir)
+    tokenizer = load_local_or_hub(AutoTokenizer.from_pretrained, str(source), cache_dir)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # pad ≠ EOS: gpt2 ships no pad token; the common fix `pad = eos` hides every real EOS (see above).
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
@@ -140,7 +140,7 @@ def load_policy(source, tokenizer=None, device: str = "cpu", dtype: str = "float
 
     if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
         raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, str(source), cache_dir)
+    model = load_local_or_hub(AutoModelForCausalLM.from_pretrained, str(source), cache_dir)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source, cache_dir)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))  # gpt2 + <|pad|>: one more row (never predicted)
@@ -187,7 +187,7 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _ids(tokenizer, item) -> list[int]:
+def token_ids(tokenizer, item) -> list[int]:
     """Token ids of a text; a sequence of ids (a sampled completion) passes through unchanged."""
     return tokenizer(item, add_special_tokens=False)["input_ids"] if isinstance(item, str) else list(item)
 
@@ -203,8 +203,8 @@ def encode_pairs(tokenizer, prompts: Sequence, responses: Sequence, append_eos: 
     """
     if len(prompts) != len(responses):
         raise ValueError(f"prompts and responses must have the same length, got {len(prompts)} and {len(responses)}")
-    prompt_ids = [_ids(tokenizer, p) for p in prompts]
-    response_ids = [_ids(tokenizer, r) + ([tokenizer.eos_token_id] if append_eos else []) for r in responses]
+    prompt_ids = [token_ids(tokenizer, p) for p in prompts]
+    response_ids = [token_ids(tokenizer, r) + ([tokenizer.eos_token_id] if append_eos else []) for r in responses]
     for i, ids in enumerate(prompt_ids):
         if not ids:  # the first response token needs a prompt position whose logits predict it
             raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")

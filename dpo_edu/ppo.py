@@ -31,8 +31,6 @@ returns) and, since ∂V/∂h = w = 0, its first gradient leaves the trunk alone
 
 from __future__ import annotations
 
-import random
-import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,10 +43,9 @@ from .losses import ppo_policy_loss, ppo_value_loss
 from .models import encode_pairs, generate, position_ids_from_mask
 from .reward_model import RewardModel
 from .reward_model import score as reward_model_score
-from .training import (METRICS_FILE, RESUMABLE_CHANGES, STATE_FILE, Batch, _check_int, _config_dict, _rng_state,
-                       check_finite_loss, clip_gradients, disable_dropout, find_checkpoint, iterate_batches,
-                       load_metrics, save_metrics, seed_everything)
-from .validate import check_positive
+from .training import (Batch, check_finite_loss, clip_gradients, disable_dropout, find_checkpoint, iterate_batches,
+                       read_checkpoint, seed_everything, write_checkpoint)
+from .validate import check_int, check_positive
 
 
 @dataclass
@@ -86,7 +83,7 @@ class PPOConfig:
                 check_positive(name, getattr(self, name))
         for name in ("batch_size", "mini_batch_size", "ppo_epochs", "steps", "max_new_tokens", "kl_horizon",
                      "log_every", "save_every", "eval_every", "seed"):
-            _check_int(name, getattr(self, name), 0 if name in ("eval_every", "seed") else 1)
+            check_int(name, getattr(self, name), 0 if name in ("eval_every", "seed") else 1)
         for name, high in (("kl_coef", float("inf")), ("vf_coef", float("inf")), ("gamma", 1), ("lam", 1)):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= high and value != float("inf")):
@@ -294,38 +291,18 @@ def ppo_update(trainable: nn.ModuleDict, optimizer, roll: dict, config: PPOConfi
 
 def _save(checkpoint_dir, trainable, optimizer, kl_ctl, step: int, metrics: list, config: PPOConfig,
           state: dict) -> Path:
-    root = Path(checkpoint_dir)
-    tmp, final = root / "last.tmp", root / "last"  # written aside, then renamed: never half a checkpoint
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable["policy"].save_pretrained(tmp / "model")  # a plain transformers folder (load_pretrained reads it)
-    save_metrics(metrics, tmp / METRICS_FILE)
-    torch.save({"step": step, "value_head": trainable["value_head"].state_dict(), "kl_coef": kl_ctl.value,
-                "optimizer": optimizer.state_dict(), "rng": _rng_state(), "config": _config_dict(config), **state},
-               tmp / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    saved = {"step": step, "value_head": trainable["value_head"].state_dict(), "kl_coef": kl_ctl.value,
+             "optimizer": optimizer.state_dict(), **state}
+    return write_checkpoint(checkpoint_dir, trainable["policy"], metrics, saved, config)
 
 
 def _load(path: Path, trainable, optimizer, kl_ctl, config: PPOConfig, into: dict) -> tuple[int, list]:
-    state = torch.load(path / STATE_FILE, weights_only=False)  # our own file: RNG states are Python objects
-    now, then = _config_dict(config), state["config"]
-    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); "
-                         "use a fresh checkpoint_dir, or delete this one to start over")
-    policy = trainable["policy"]
-    policy.load_state_dict(type(policy).from_pretrained(path / "model").state_dict())  # in place, for the optimiser
-    trainable["value_head"].load_state_dict(state["value_head"])
-    optimizer.load_state_dict(state["optimizer"])
-    kl_ctl.value = state["kl_coef"]
-    into.update({k: state[k] for k in into})  # the score normalisation (μ₀, σ₀)
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"], load_metrics(path / METRICS_FILE)
+    saved, metrics = read_checkpoint(path, trainable["policy"], config)
+    trainable["value_head"].load_state_dict(saved["value_head"])
+    optimizer.load_state_dict(saved["optimizer"])
+    kl_ctl.value = saved["kl_coef"]
+    into.update({k: saved[k] for k in into})  # the score normalisation (μ₀, σ₀)
+    return saved["step"], metrics
 
 
 # --- training ---------------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .losses import bradley_terry_loss
-from .models import _from_pretrained, _ids, encode_pairs, position_ids_from_mask
-from .training import TrainConfig, _check_int, train_loop
+from .models import encode_pairs, load_local_or_hub, position_ids_from_mask, token_ids
+from .training import TrainConfig, train_loop
+from .validate import check_int
 
 HEAD_FILE = "reward_head.safetensors"  # head weight and offset; the backbone is a plain transformers folder
 META_FILE = "reward_model.json"
@@ -87,7 +88,7 @@ class RewardModel(nn.Module):
         else:
             from transformers import AutoModel
 
-            backbone = _from_pretrained(AutoModel.from_pretrained, str(source), cache_dir)  # drops the LM head
+            backbone = load_local_or_hub(AutoModel.from_pretrained, str(source), cache_dir)  # drops the LM head
         if tokenizer is not None and len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
             backbone.resize_token_embeddings(len(tokenizer))  # gpt2 + <|pad|>
         return cls(backbone, seed)
@@ -136,7 +137,7 @@ class RewardConfig(TrainConfig):
         c = self.center_rewards_coefficient
         if not (isinstance(c, (int, float)) and 0 <= c < float("inf")):
             raise ValueError(f"center_rewards_coefficient must be a finite number ≥ 0, got {c!r}")
-        _check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_int("eval_batch_size", self.eval_batch_size, 1)
 
     @classmethod
     def from_preset(cls, preset, **overrides) -> "RewardConfig":
@@ -154,7 +155,7 @@ def _tokenize_pairs(tokenizer, pairs: Sequence[dict]) -> list[tuple[list[int], l
     for i, pair in enumerate(pairs):
         if not isinstance(pair, dict) or not all(k in pair for k in ("prompt", "chosen", "rejected")):
             raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', got {pair!r}")
-        ids = tuple(_ids(tokenizer, pair[k]) for k in ("prompt", "chosen", "rejected"))
+        ids = tuple(token_ids(tokenizer, pair[k]) for k in ("prompt", "chosen", "rejected"))
         if not ids[0]:
             raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
         out.append(ids)
@@ -181,7 +182,7 @@ def _pair_metrics(chosen: Tensor, rejected: Tensor, prefix: str = "") -> dict:
 @torch.no_grad()
 def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence, batch_size: int = 32) -> Tensor:
     """r_φ(x, y) of each (prompt, response), float32 on the CPU; texts or token-id lists."""
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     was_training = model.training
     model.eval()
     out = []

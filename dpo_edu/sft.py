@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .models import position_ids_from_mask
-from .training import TrainConfig, _check_int, train_loop
+from .training import TrainConfig, train_loop
+from .validate import check_int
 
 IGNORE_INDEX = -100  # label of a position that is not scored (F.cross_entropy's ignore_index)
 
@@ -39,8 +40,8 @@ class SFTConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_int("max_length", self.max_length, 2)  # at least one token to predict from one before it
-        _check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_int("max_length", self.max_length, 2)  # at least one token to predict from one before it
+        check_int("eval_batch_size", self.eval_batch_size, 1)
 
     @classmethod
     def from_preset(cls, preset, **overrides) -> "SFTConfig":
@@ -55,7 +56,7 @@ class SFTConfig(TrainConfig):
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids of each text followed by EOS, cut to ``max_length`` tokens."""
-    _check_int("max_length", max_length, 2)
+    check_int("max_length", max_length, 2)
     if isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not one string")
     for i, text in enumerate(texts):
@@ -111,7 +112,7 @@ def lm_loss_sum(model, batch: dict[str, Tensor]) -> tuple[Tensor, int, int]:
 def evaluate_sft(model, tokenizer, texts: Sequence[str], max_length: int = 64, batch_size: int = 32) -> dict:
     """Held-out ``eval_loss`` (token-weighted NLL in nats), ``eval_perplexity`` = exp(eval_loss) and
     ``eval_mean_token_accuracy`` (argmax = next token)."""
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     sequences = encode_texts(tokenizer, texts, max_length)
     if not sequences:
         raise ValueError("texts is empty: nothing to evaluate")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .validate import check_positive
+from .validate import check_int, check_positive
 
 SCHEDULES = ("constant", "linear")
 STATE_FILE = "trainer_state.pt"  # written last: its presence marks a complete checkpoint
@@ -57,13 +57,13 @@ class TrainConfig:
     def __post_init__(self):
         check_positive("lr", self.lr)
         for name in ("batch_size", "log_every", "save_every", "grad_accum_steps"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         if self.grad_accum_steps > self.batch_size:
             raise ValueError(f"grad_accum_steps ({self.grad_accum_steps}) must be ≤ batch_size ({self.batch_size})")
         for name in ("warmup_steps", "eval_every", "seed"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         if self.steps is not None:
-            _check_int("steps", self.steps, 1)
+            check_int("steps", self.steps, 1)
         check_positive("epochs", self.epochs)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
@@ -79,11 +79,6 @@ class TrainConfig:
         if self.steps is not None:
             return self.steps
         return max(1, math.ceil(self.epochs * batches_per_epoch(n_items, self.batch_size)))
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int ≥ {minimum}, got {value!r}")
 
 
 # --- seeds, dropout, optimiser ---------------------------------------------------------------------------
@@ -121,8 +116,8 @@ def make_optimizer(model: nn.Module, lr: float, total_steps: int, warmup_steps: 
                    weight_decay: float = 0.0, schedule: str = "constant"):
     """``(AdamW, LambdaLR)`` over the trainable parameters; the schedule's factor multiplies ``lr``."""
     check_positive("lr", lr)
-    _check_int("total_steps", total_steps, 1)
-    _check_int("warmup_steps", warmup_steps, 0)
+    check_int("total_steps", total_steps, 1)
+    check_int("warmup_steps", warmup_steps, 0)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -165,8 +160,8 @@ def iterate_batches(items: Sequence, batch_size: int, seed: int = 0, start_step:
     The order depends only on (seed, epoch), never on the random state: a run resumed at ``start_step``
     sees exactly the batches the uninterrupted run saw.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("start_step", start_step, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("start_step", start_step, 0)
     if not items:
         raise ValueError("items is empty: nothing to batch")
     per_epoch = batches_per_epoch(len(items), batch_size)
@@ -265,24 +260,48 @@ def _rng_state() -> dict:
     return state
 
 
-def save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step: int, metrics: Sequence[dict],
-                    config=None) -> Path:
-    """Model (``save_pretrained``), optimiser, scheduler, RNG state, metrics and step in ``checkpoint_dir/last``.
-
-    Written to a temporary folder first, then renamed, so an interrupted save never leaves a half checkpoint.
-    """
+def write_checkpoint(checkpoint_dir, model, metrics: Sequence[dict], state: dict, config=None) -> Path:
+    """``model`` (``save_pretrained``), ``metrics`` and ``state`` with the RNG states and ``config``, in
+    ``checkpoint_dir/last``. Written to a temporary folder first, then renamed, so an interrupted save never
+    leaves a half checkpoint."""
     root = Path(checkpoint_dir)
     tmp, final = root / "last.tmp", root / "last"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp / "model")
     save_metrics(metrics, tmp / METRICS_FILE)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(), "config": None if config is None else _config_dict(config)},
-               tmp / STATE_FILE)
+    config = None if config is None else _config_dict(config)
+    torch.save({**state, "rng": _rng_state(), "config": config}, tmp / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+def read_checkpoint(path, model, config=None) -> tuple[dict, list[dict]]:
+    """Restore ``model`` (in place: an optimiser keeps pointing at its tensors) and the RNG states from a
+    checkpoint; returns its ``state`` and metrics. With ``config``, refuses (ValueError) a checkpoint written
+    under a config whose numbers differ."""
+    path = Path(path)
+    state = torch.load(path / STATE_FILE, weights_only=False)  # our own file: RNG states are Python objects
+    if config is not None and state["config"] is not None:
+        now, then = _config_dict(config), state["config"]
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); "
+                             "use a fresh checkpoint_dir, or delete this one to start over")
+    model.load_state_dict(type(model).from_pretrained(path / "model").state_dict())
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state, load_metrics(path / METRICS_FILE)
+
+
+def save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step: int, metrics: Sequence[dict],
+                    config=None) -> Path:
+    """Model, optimiser, scheduler, RNG state, metrics and step in ``checkpoint_dir/last``."""
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    return write_checkpoint(checkpoint_dir, model, metrics, state, config)
 
 
 def find_checkpoint(checkpoint_dir) -> Path | None:
@@ -295,27 +314,11 @@ def find_checkpoint(checkpoint_dir) -> Path | None:
 
 
 def load_checkpoint(path, model, optimizer, scheduler, config=None) -> tuple[int, list[dict]]:
-    """Restore a checkpoint into ``model``, ``optimizer`` and ``scheduler`` in place; returns ``(step, metrics)``.
-
-    With ``config``, refuses (ValueError) a checkpoint written under a config whose numbers differ.
-    """
-    path = Path(path)
-    state = torch.load(path / STATE_FILE, weights_only=False)  # our own file: RNG states are Python objects
-    if config is not None and state["config"] is not None:
-        now, then = _config_dict(config), state["config"]
-        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES)
-        if changed:
-            raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(changed)}); "
-                             "use a fresh checkpoint_dir, or delete this one to start over")
-    loaded = type(model).from_pretrained(path / "model")
-    model.load_state_dict(loaded.state_dict())  # in place: the optimiser keeps pointing at these tensors
+    """Restore a checkpoint into ``model``, ``optimizer`` and ``scheduler`` in place; returns ``(step, metrics)``."""
+    state, metrics = read_checkpoint(path, model, config)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"], load_metrics(path / METRICS_FILE)
+    return state["step"], metrics
 
 
 # --- the loop ---------------------------------------------------------------------------------------------

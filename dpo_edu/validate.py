@@ -21,6 +21,13 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum``, else a ValueError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int ≥ {minimum}, got {value!r}")
+    return value
+
+
 def check_finite(name: str, tensor: Tensor) -> Tensor:
     """No NaN or ±inf anywhere in ``tensor``; the error names the first bad index."""
     bad = ~torch.isfinite(tensor)

@@ -94,7 +94,7 @@ def test_batch_scores_equal_each_pair_scored_alone(policy_dir, tokenizer):
         together = rm(batch["input_ids"], batch["attention_mask"])
         alone = []
         for p, r in zip(prompts, responses):
-            ids = torch.tensor([models._ids(tokenizer, p) + models._ids(tokenizer, r)])
+            ids = torch.tensor([models.token_ids(tokenizer, p) + models.token_ids(tokenizer, r)])
             alone.append(rm(ids, torch.ones_like(ids)).item())
         assert together.tolist() == pytest.approx(alone, abs=1e-5)
         assert score(rm, tokenizer, prompts, responses, batch_size=3).tolist() == pytest.approx(alone, abs=1e-5)

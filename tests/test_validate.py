@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_edu.validate import check_distribution, check_finite, check_positive, check_same_shape
+from dpo_edu.validate import check_distribution, check_finite, check_int, check_positive, check_same_shape
 
 # --------------------------------------------------------------------------- check_positive
 
@@ -114,3 +114,13 @@ def test_check_distribution_rejects_non_finite_entries():
     probs = torch.tensor([[0.5, float("nan")]], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"^ref has a non-finite value nan at index \(0, 1\)$"):
         check_distribution("ref", probs)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.0, True, "4"])
+def test_check_int_names_the_argument_and_the_bad_value(value):
+    with pytest.raises(ValueError, match=rf"batch_size must be an int ≥ 1, got {value!r}"):
+        check_int("batch_size", value, 1)
+
+
+def test_check_int_returns_a_good_value():
+    assert check_int("steps", 5, 1) == 5
