@@ -44,6 +44,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the sizes of the experiments below
 SEED = 0  # seeds every random draw, so every number below is reproducible
+PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 N_ITEMS = 8  # items (think: responses to one prompt) that carry a hidden reward
 REWARD_SCALE = 1.0  # standard deviation of the hidden rewards
@@ -61,7 +62,7 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_bradley_terry
 
-preset = get_preset(PRESET)
+preset = get_preset(PRESET, **PRESET_OVERRIDES)
 counts = np.unique(np.geomspace(50, preset.bt_max_comparisons, 8).astype(int)).tolist()
 
 # %% [markdown]

@@ -42,6 +42,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the number of pairs and optimiser steps
 SEED = 0  # seeds the problem and the sampled preferences
+PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 N_PROMPTS = 4  # prompts x in the toy problem
 N_RESPONSES = 6  # responses y per prompt
@@ -60,7 +61,7 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_dpo_loss
 
-preset = get_preset(PRESET)
+preset = get_preset(PRESET, **PRESET_OVERRIDES)
 bandit = toy.random_bandit(N_PROMPTS, N_RESPONSES, reward_scale=1.0, seed=SEED)
 pi_star = toy.optimal_policy(bandit.ref, bandit.reward, BETA)
 

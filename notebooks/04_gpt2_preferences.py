@@ -53,6 +53,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
 SEED = 0  # seeds data splits, training and sampling
+PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 RUN_DIR = ""  # run folder for this preset's artifacts; "" means runs/<preset> at the repository root
 
@@ -69,7 +70,7 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_samples
 
-preset = get_preset(PRESET)
+preset = get_preset(PRESET, **PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
 print(f"run folder: {run_dir}")
 torch.manual_seed(SEED)

@@ -46,6 +46,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
 SEED = 0  # seeds training, sampling and evaluation
+PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 RUN_DIR = ""  # run folder shared with notebook 04; "" means runs/<preset> at the repository root
 DPO_BETAS = []  # β of each DPO run; [] means the preset's sweep
@@ -65,7 +66,7 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_runs
 
-preset = get_preset(PRESET)
+preset = get_preset(PRESET, **PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
 betas = list(DPO_BETAS) or list(preset.dpo_beta_sweep)
 targets = list(PPO_TARGETS) or list(preset.ppo_target_sweep)
