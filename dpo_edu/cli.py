@@ -1,8 +1,9 @@
 """The ``dpo-edu`` command line.
 
-    dpo-edu run [--preset ci|cpu|gpt2|auto] [--out FOLDER] [NOTEBOOK ...]
+    dpo-edu run [--preset ci|cpu|gpt2|auto] [--out FOLDER] [--set FIELD=VALUE ...] [NOTEBOOK ...]
         execute the course (all notebooks, or those named) headless with papermill into a run
-        folder, then write summary.json with every value the notebooks recorded;
+        folder, then write summary.json with every value the notebooks recorded; --set replaces a
+        preset field (e.g. --set ppo_steps=8; the fields are documented in dpo_edu/presets.py);
     dpo-edu check
         report the environment: torch, device, Hub reachability, the preset ``auto`` would pick.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -36,19 +38,44 @@ def course_notebooks(names: list[str] | None = None) -> list[Path]:
     return chosen
 
 
-def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int = 0) -> dict:
-    """Execute notebooks into ``out``; returns (and writes to out/summary.json) their records and timings."""
+def preset_overrides(assignments: list[str]) -> dict:
+    """``["ppo_steps=8", "model='gpt2'"]`` → ``{"ppo_steps": 8, "model": "gpt2"}``, checked against the Preset fields."""
+    from .presets import Preset
+
+    overrides = {}
+    for assignment in assignments:
+        field, sep, text = assignment.partition("=")
+        if not sep or field not in Preset.__dataclass_fields__:
+            raise SystemExit(f"--set {assignment!r}: expected FIELD=VALUE with FIELD a preset field "
+                             f"({', '.join(Preset.__dataclass_fields__)})")
+        try:
+            overrides[field] = ast.literal_eval(text)  # numbers, True/False, None, tuples, quoted strings
+        except (ValueError, SyntaxError):
+            overrides[field] = text  # a bare word: a string such as tfidf
+    return overrides
+
+
+def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int = 0,
+               overrides: dict | None = None) -> dict:
+    """Execute notebooks into ``out``; returns (and writes to out/summary.json) their records and timings.
+
+    ``overrides`` replace preset fields in every notebook (its ``PRESET_OVERRIDES`` parameter).
+    """
     import papermill
 
     out.mkdir(parents=True, exist_ok=True)
     notebooks = course_notebooks(names)
-    summary = {"preset": preset, "notebooks": {}}
+    summary = {"preset": preset, "overrides": overrides or {}, "notebooks": {}}
     for index, notebook in enumerate(notebooks, 1):
         print(f"[{index}/{len(notebooks)}] {notebook.name} (preset {preset})", flush=True)
         declared = papermill.inspect_notebook(str(notebook))
         parameters = {"PRESET": preset, "SEED": seed, "INTERACTIVE": False}
         if "RUN_DIR" in declared:
             parameters["RUN_DIR"] = str(out.resolve())
+        if overrides:
+            if "PRESET_OVERRIDES" not in declared:
+                raise SystemExit(f"{notebook.name} declares no PRESET_OVERRIDES parameter: --set cannot reach it")
+            parameters["PRESET_OVERRIDES"] = overrides
         executed = out / notebook.name
         start = time.perf_counter()
         papermill.execute_notebook(
@@ -88,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--preset", default="cpu", choices=["ci", "cpu", "gpt2", "auto"])
     run.add_argument("--out", type=Path, help="run folder (default: runs/PRESET)")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="replace a preset field, e.g. --set ppo_steps=8 (repeatable)")
     commands.add_parser("check", help="report torch, device, Hub reachability and the preset 'auto' picks")
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -97,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
 
             preset, why = choose_auto()
             print(f"preset auto → {preset}: {why}")
-        run_course(preset, args.out or Path("runs") / preset, args.notebooks, args.seed)
+        run_course(preset, args.out or Path("runs") / preset, args.notebooks, args.seed, preset_overrides(args.set))
     else:
         check()
 
