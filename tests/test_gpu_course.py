@@ -1,0 +1,35 @@
+"""benchmarks/gpu_course.py: its timing table, read from a run folder that notebooks 04–05 filled at ``ci``."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from dpo_edu.presets import get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("gpu_course", ROOT / "benchmarks" / "gpu_course.py")
+gpu_course = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_course)
+
+
+@pytest.mark.notebook
+def test_table_has_both_notebooks_and_every_metered_stage(ci_course_run):
+    ci = get_preset("ci", verbose=False)
+    rows = gpu_course.stage_rows(ci_course_run)
+    expected = ["notebook 04 (all of it)", "notebook 05 (all of it)", "reward_model",
+                *(f"dpo/beta_{beta:g}" for beta in ci.dpo_beta_sweep),
+                *(f"ppo/target_{target:g}" for target in ci.ppo_target_sweep)]
+    assert [row["stage"] for row in rows] == expected
+    for row in rows[2:]:
+        assert row == {"stage": row["stage"], **json.loads((ci_course_run / row["stage"] / "cost.json").read_text())}
+    lines = gpu_course.timing_table(rows).splitlines()
+    assert len(lines) == len(rows) + 1 and lines[0].split()[:2] == ["stage", "seconds"]
+    assert lines[3].split()[0] == "reward_model" and float(lines[3].split()[1].replace(",", "")) == rows[2]["seconds"]
+
+
+def test_gpt2_without_a_gpu_says_how_to_dry_run(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--preset ci --offline"):
+        gpu_course.main(["--out", "unused"])
