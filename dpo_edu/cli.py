@@ -5,7 +5,11 @@
         folder, then write summary.json with every value the notebooks recorded; --set replaces a
         preset field (e.g. --set ppo_steps=8; the fields are documented in dpo_edu/presets.py);
     dpo-edu check
-        report the environment: torch, device, Hub reachability, the preset ``auto`` would pick.
+        report the environment: torch, device, Hub reachability, the preset ``auto`` would pick;
+    dpo-edu student [--out FOLDER] [--no-run-tests]
+        build the autograded assignments (otter assign on every master in assignments/) into
+        FOLDER/NAME/ (default dist/assignments): the student notebook and the autograder zip, after
+        checking that the solutions score full marks (skipped with --no-run-tests).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from .assignments import build_assignments
 from .record import read_records
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="replace a preset field, e.g. --set ppo_steps=8 (repeatable)")
     commands.add_parser("check", help="report torch, device, Hub reachability and the preset 'auto' picks")
+    student = commands.add_parser("student", help="build the autograded assignments (student notebooks, autograders)")
+    student.add_argument("--out", type=Path, default=Path("dist/assignments"), help="default: dist/assignments")
+    student.add_argument("--no-run-tests", action="store_true", help="skip grading the solutions (faster)")
     args = parser.parse_args(argv)
     if args.command == "run":
         preset = args.preset
@@ -127,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
             preset, why = choose_auto()
             print(f"preset auto → {preset}: {why}")
         run_course(preset, args.out or Path("runs") / preset, args.notebooks, args.seed, preset_overrides(args.set))
+    elif args.command == "student":
+        build_assignments(args.out, run_tests=not args.no_run_tests)
     else:
         check()
 

@@ -1,4 +1,5 @@
-"""The committed notebooks: no outputs, a py:percent twin in sync, a papermill parameters cell."""
+"""The committed notebooks (course and assignment masters): no outputs, a py:percent twin in sync; the
+course's also a papermill parameters cell."""
 
 import ast
 import json
@@ -9,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+ASSIGNMENTS = sorted((ROOT / "assignments").glob("*.ipynb"))  # otter-grader masters (dpo-edu student)
 
 
 def cells(notebook) -> list[tuple[str, str, list]]:
@@ -20,7 +22,7 @@ def test_course_notebooks_exist():
     assert names[:3] == ["01_bradley_terry", "02_optimal_policy", "03_dpo_objective"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + ASSIGNMENTS, ids=lambda p: p.stem)
 def test_committed_without_outputs(path):
     for index, cell in enumerate(json.loads(path.read_text())["cells"]):
         if cell["cell_type"] == "code":
@@ -28,7 +30,7 @@ def test_committed_without_outputs(path):
             assert cell["execution_count"] is None, f"{path.name} cell {index} has an execution count"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + ASSIGNMENTS, ids=lambda p: p.stem)
 def test_twin_in_sync(path):
     twin = path.with_suffix(".py")
     assert twin.exists(), f"{path.name} has no py:percent twin; run: jupytext --sync {path}"

@@ -1,0 +1,154 @@
+"""The autograded assignments, built by ``dpo-edu student`` and graded by otter (their twins: test_notebook_files).
+
+The solved notebooks score full marks and the untouched student notebooks exactly zero; hidden tests ship in
+the autograder only; a partly solved notebook gets the points of what it solved and hears what failed.
+"""
+
+import ast
+import contextlib
+import io
+import json
+import re
+import sys
+import zipfile
+
+import jupytext
+import pytest
+
+from dpo_edu import assignments, cli
+
+MASTERS = sorted(assignments.ASSIGNMENT_DIR.glob("*.ipynb"))
+NAMES = [master.stem for master in MASTERS]
+
+
+def grade(notebook, autograder_zip):
+    """otter's offline grading (what ``otter run`` does): the GradingResults of one submission."""
+    from otter.api import grade_submission
+
+    return grade_submission(str(notebook), str(autograder_zip), quiet=True)
+
+
+def zip_tests(autograder_zip) -> dict[str, dict]:
+    """The OK-format test files inside an autograder zip: {question: test dict}."""
+    tests = {}
+    with zipfile.ZipFile(autograder_zip) as archive:
+        for name in archive.namelist():
+            if re.fullmatch(r"tests/q\w+\.py", name):  # `OK_FORMAT = True` then `test = {...}`, a literal
+                assignment = ast.parse(archive.read(name).decode()).body[-1]
+                test = ast.literal_eval(assignment.value)
+                tests[test["name"]] = test
+    return tests
+
+
+def cases(test: dict) -> list[dict]:
+    return [case for suite in test["suites"] for case in suite["cases"]]
+
+
+def announced_points(name: str) -> int:
+    """The total the master's introduction promises students ("Points: 8 (Q1: 2, ...)")."""
+    return int(re.search(r"Points: (\d+) \(", (assignments.ASSIGNMENT_DIR / f"{name}.py").read_text()).group(1))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Every assignment built once through ``dpo-edu student`` (its solutions graded by the tests below)."""
+    out = tmp_path_factory.mktemp("assignments")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("OMP_NUM_THREADS", "1")  # inherited by the grading kernels
+        cli.main(["student", "--out", str(out), "--no-run-tests"])
+    paths = {name: out / name for name in NAMES}
+    return paths, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def zips(built):
+    paths, _ = built
+    return {name: next((folder / "autograder").glob(f"{name}-autograder_*.zip")) for name, folder in paths.items()}
+
+
+@pytest.fixture(autouse=True)
+def one_thread_kernels(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_three_assignments():
+    assert NAMES == ["bradley_terry", "dpo_loss", "ppo_pieces"]
+
+
+def test_student_prints_what_it_wrote(built, zips):
+    paths, printed = built
+    for name, folder in paths.items():
+        student = folder / "student" / f"{name}.ipynb"
+        assert student.is_file() and zips[name].is_file()
+        assert f"for students:  {student}" in printed and f"autograder:    {zips[name]}" in printed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hidden_tests_ship_in_the_autograder_only(built, zips, name):
+    paths, _ = built
+    tests = zip_tests(zips[name])
+    for question, test in tests.items():
+        assert any(case["hidden"] for case in cases(test)), f"{name} {question} has no hidden test"
+        assert any(not case["hidden"] for case in cases(test)), f"{name} {question} has no public test"
+    student = json.loads((paths[name] / "student" / f"{name}.ipynb").read_text())
+    shipped = student["metadata"]["otter"]["tests"]
+    assert set(shipped) == set(tests)
+    for question, test in shipped.items():
+        public = [case["code"] for case in cases(tests[question]) if not case["hidden"]]
+        assert [case["code"] for case in cases(test)] == public, f"{name} {question}: only public tests ship"
+    sources = "\n".join("".join(cell["source"]) for cell in student["cells"])
+    assert "SOLUTION" not in sources and "TEST CONFIG" not in sources
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solutions_score_full_marks(built, zips, name):
+    paths, _ = built
+    results = grade(paths[name] / "autograder" / f"{name}.ipynb", zips[name])
+    assert results.total == results.possible == announced_points(name), results.summary()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_untouched_student_notebook_scores_zero(built, zips, name):
+    paths, _ = built
+    results = grade(paths[name] / "student" / f"{name}.ipynb", zips[name])
+    assert not results.has_catastrophic_failure(), results.summary()
+    assert results.total == 0 and results.possible == announced_points(name)
+
+
+def test_points_follow_what_is_solved(built, zips, tmp_path):
+    """ppo_pieces with Q2 solved, Q3 clipped on one side only (its public tests pass), Q1 untouched."""
+    paths, _ = built
+    solved = jupytext.read(paths["ppo_pieces"] / "autograder" / "ppo_pieces.ipynb")
+    solution = {name: next(cell.source for cell in solved.cells if f"def {name}(" in cell.source)
+                for name in ("ppo_clip_loss", "updated_kl_coef")}
+    one_sided = solution["updated_kl_coef"].replace("max(current_kl / target - 1.0, -0.2)", "current_kl / target - 1.0")
+    assert one_sided != solution["updated_kl_coef"]
+    submission = jupytext.read(paths["ppo_pieces"] / "student" / "ppo_pieces.ipynb")
+    for cell in submission.cells:
+        if "def ppo_clip_loss(" in cell.source:
+            cell.source = solution["ppo_clip_loss"]
+        elif "def updated_kl_coef(" in cell.source:
+            cell.source = one_sided
+    jupytext.write(submission, tmp_path / "ppo_pieces.ipynb")
+    results = grade(tmp_path / "ppo_pieces.ipynb", zips["ppo_pieces"])
+    assert [results.get_score(q) for q in ("q1", "q2", "q3")] == [0, 3, 1]
+    assert (results.total, results.possible) == (4, 8)
+    q3 = results.to_dict()["q3"]["test_case_results"]
+    failed = [result["test_case"] for result in q3 if not result["passed"]]
+    assert [case["name"] for case in failed] == ["q3 - 3", "q3 - 4"] and all(case["hidden"] for case in failed)
+    assert "q3 - 3 result:" in results.summary()
+
+
+def test_a_broken_master_is_named(tmp_path, monkeypatch):
+    (tmp_path / "broken.ipynb").write_text(jupytext.writes(jupytext.reads(
+        "# %% [raw]\n# # BEGIN QUESTION\n# name: q1\n\n# %%\nx = 1\n", "py:percent"), "ipynb"))
+    monkeypatch.setattr(assignments, "ASSIGNMENT_DIR", tmp_path)
+    with pytest.raises(SystemExit, match=r"otter assign failed on .*broken\.ipynb"):
+        cli.main(["student", "--out", str(tmp_path / "out"), "--no-run-tests"])
+
+
+def test_missing_otter_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "otter.assign", None)  # what an environment without otter-grader gives
+    with pytest.raises(SystemExit, match=r"otter-grader is not installed: pip install"):
+        assignments.build_assignment(MASTERS[0], tmp_path)
