@@ -46,7 +46,8 @@
 # You will write it, check it against the course library (`dpo_edu.models.sequence_logps`), then
 # write the loss on top of it. Along the way you will hit the value every DPO run starts from.
 #
-# **How to work.** Fill in every `...`, run the cell, then its `grader.check("q…")` cell. The
+# **How to work.** Keep this file's name (`dpo_loss.ipynb`): the checks read their tests from it.
+# Fill in every `...`, run the cell, then its `grader.check("q…")` cell. The
 # public checks you see catch the usual slips; hidden tests (other inputs, edge cases) also count
 # toward your grade. The tests name their own variables with a leading underscore, so they
 # leave yours alone. Do not call `dpo_edu.models.sequence_logps` or `dpo_edu.losses.dpo_loss`

@@ -48,7 +48,8 @@
 # response token. Responses have different lengths, so rows are **right-padded** and `mask` is 1
 # on real tokens and 0 on the padding after a row's last token.
 #
-# **How to work.** Fill in every `...`, run the cell, then its `grader.check("q…")` cell. The
+# **How to work.** Keep this file's name (`ppo_pieces.ipynb`): the checks read their tests from it.
+# Fill in every `...`, run the cell, then its `grader.check("q…")` cell. The
 # public checks you see catch the usual slips; hidden tests (other inputs, edge cases) also count
 # toward your grade. The tests name their own variables with a leading underscore, so they
 # leave yours alone.

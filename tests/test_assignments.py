@@ -8,9 +8,16 @@ import ast
 import contextlib
 import io
 import json
+import multiprocessing
 import re
 import sys
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 import jupytext
 import pytest
@@ -19,13 +26,6 @@ from dpo_edu import assignments, cli
 
 MASTERS = sorted(assignments.ASSIGNMENT_DIR.glob("*.ipynb"))
 NAMES = [master.stem for master in MASTERS]
-
-
-def grade(notebook, autograder_zip):
-    """otter's offline grading (what ``otter run`` does): the GradingResults of one submission."""
-    from otter.api import grade_submission
-
-    return grade_submission(str(notebook), str(autograder_zip), quiet=True)
 
 
 def zip_tests(autograder_zip) -> dict[str, dict]:
@@ -51,14 +51,12 @@ def announced_points(name: str) -> int:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Every assignment built once through ``dpo-edu student`` (its solutions graded by the tests below)."""
+    """Every assignment built once through ``dpo-edu student``: ({name: folder}, what it printed)."""
     out = tmp_path_factory.mktemp("assignments")
     printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
-        patch.setenv("OMP_NUM_THREADS", "1")  # inherited by the grading kernels
-        cli.main(["student", "--out", str(out), "--no-run-tests"])
-    paths = {name: out / name for name in NAMES}
-    return paths, printed.getvalue()
+    with contextlib.redirect_stdout(printed):
+        cli.main(["student", "--out", str(out), "--no-run-tests"])  # the solutions are graded below instead
+    return {name: out / name for name in NAMES}, printed.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +65,41 @@ def zips(built):
     return {name: next((folder / "autograder").glob(f"{name}-autograder_*.zip")) for name, folder in paths.items()}
 
 
-@pytest.fixture(autouse=True)
-def one_thread_kernels(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def partly_solved_ppo_pieces(folder, out):
+    """The student's ppo_pieces with Q2 solved, Q3 clipped on one side only (its public tests pass), Q1 untouched."""
+    solved = jupytext.read(folder / "autograder" / "ppo_pieces.ipynb")
+    solution = {name: next(cell.source for cell in solved.cells if f"def {name}(" in cell.source)
+                for name in ("ppo_clip_loss", "updated_kl_coef")}
+    one_sided = solution["updated_kl_coef"].replace("max(current_kl / target - 1.0, -0.2)", "current_kl / target - 1.0")
+    assert one_sided != solution["updated_kl_coef"]
+    submission = jupytext.read(folder / "student" / "ppo_pieces.ipynb")
+    for cell in submission.cells:
+        if "def ppo_clip_loss(" in cell.source:
+            cell.source = solution["ppo_clip_loss"]
+        elif "def updated_kl_coef(" in cell.source:
+            cell.source = one_sided
+    jupytext.write(submission, out / "ppo_pieces.ipynb")
+    return out / "ppo_pieces.ipynb"
+
+
+@pytest.fixture(scope="module")
+def graded(built, zips, tmp_path_factory):
+    """Each solved notebook, each untouched student notebook and one partly solved one, graded as ``otter run``
+    does (a kernel each, in two worker processes): {(name, "solved" | "student" | "partial"): GradingResults}."""
+    from otter.api import grade_submission
+
+    paths, _ = built
+    submissions = {}
+    for name, folder in paths.items():
+        submissions[name, "solved"] = folder / "autograder" / f"{name}.ipynb"
+        submissions[name, "student"] = folder / "student" / f"{name}.ipynb"
+    submissions["ppo_pieces", "partial"] = partly_solved_ppo_pieces(paths["ppo_pieces"], tmp_path_factory.mktemp("partial"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # inherited by the workers and their kernels
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {key: pool.submit(grade_submission, str(notebook), str(zips[key[0]]), quiet=True)
+                       for key, notebook in submissions.items()}
+            return {key: future.result() for key, future in futures.items()}
 
 
 def test_three_assignments():
@@ -102,42 +132,35 @@ def test_hidden_tests_ship_in_the_autograder_only(built, zips, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_solutions_score_full_marks(built, zips, name):
-    paths, _ = built
-    results = grade(paths[name] / "autograder" / f"{name}.ipynb", zips[name])
+def test_solutions_score_full_marks(graded, name):
+    results = graded[name, "solved"]
     assert results.total == results.possible == announced_points(name), results.summary()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_untouched_student_notebook_scores_zero(built, zips, name):
-    paths, _ = built
-    results = grade(paths[name] / "student" / f"{name}.ipynb", zips[name])
+def test_untouched_student_notebook_scores_zero(graded, name):
+    results = graded[name, "student"]
     assert not results.has_catastrophic_failure(), results.summary()
     assert results.total == 0 and results.possible == announced_points(name)
 
 
-def test_points_follow_what_is_solved(built, zips, tmp_path):
-    """ppo_pieces with Q2 solved, Q3 clipped on one side only (its public tests pass), Q1 untouched."""
-    paths, _ = built
-    solved = jupytext.read(paths["ppo_pieces"] / "autograder" / "ppo_pieces.ipynb")
-    solution = {name: next(cell.source for cell in solved.cells if f"def {name}(" in cell.source)
-                for name in ("ppo_clip_loss", "updated_kl_coef")}
-    one_sided = solution["updated_kl_coef"].replace("max(current_kl / target - 1.0, -0.2)", "current_kl / target - 1.0")
-    assert one_sided != solution["updated_kl_coef"]
-    submission = jupytext.read(paths["ppo_pieces"] / "student" / "ppo_pieces.ipynb")
-    for cell in submission.cells:
-        if "def ppo_clip_loss(" in cell.source:
-            cell.source = solution["ppo_clip_loss"]
-        elif "def updated_kl_coef(" in cell.source:
-            cell.source = one_sided
-    jupytext.write(submission, tmp_path / "ppo_pieces.ipynb")
-    results = grade(tmp_path / "ppo_pieces.ipynb", zips["ppo_pieces"])
+def test_points_follow_what_is_solved(graded):
+    results = graded["ppo_pieces", "partial"]
     assert [results.get_score(q) for q in ("q1", "q2", "q3")] == [0, 3, 1]
     assert (results.total, results.possible) == (4, 8)
     q3 = results.to_dict()["q3"]["test_case_results"]
     failed = [result["test_case"] for result in q3 if not result["passed"]]
     assert [case["name"] for case in failed] == ["q3 - 3", "q3 - 4"] and all(case["hidden"] for case in failed)
     assert "q3 - 3 result:" in results.summary()
+
+
+def test_gradescope_installs_the_course_from_its_repository():
+    """The grading image installs dpo_edu from where the Colab cells do (pyproject's [tool.dpo_edu.colab])."""
+    colab = tomllib.loads((assignments.ASSIGNMENT_DIR.parent / "pyproject.toml").read_text())["tool"]["dpo_edu"]["colab"]
+    requirements = (assignments.ASSIGNMENT_DIR / "gradescope-requirements.txt").read_text()
+    assert f"dpo_edu @ git+https://github.com/{colab['repository']}@{colab['branch']}" in requirements
+    for master in MASTERS:
+        assert "# requirements: gradescope-requirements.txt" in master.with_suffix(".py").read_text()
 
 
 def test_a_broken_master_is_named(tmp_path, monkeypatch):
