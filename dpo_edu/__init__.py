@@ -20,6 +20,8 @@ Language models (notebooks 04–05)
 Notebook helpers
 - ``plots`` / ``widgets`` / ``live``: figures, the sliders that drive them, live training curves.
 - ``record``: values a notebook publishes for its tests; ``cli``: the ``dpo-edu`` command.
+- ``assignments``: the otter-grader masters in ``assignments/`` → student notebooks and autograders
+  (``dpo-edu student``).
 """
 
 __version__ = "0.1.0"
