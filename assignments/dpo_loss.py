@@ -86,7 +86,7 @@ print(f"{sum(p.numel() for p in policy.parameters()):,} parameters, vocabulary o
 # Three preference pairs. `encode_pairs` lays out chosen and rejected responses in one batch
 # (rows 0–2 chosen, rows 3–5 rejected, as DPO trainers do to share one forward pass). Each row
 # is `[pads | prompt | response | pads]`: prompts are **left**-padded so that every response
-# starts in the same column, responses **right**-padded. Three masks come with it:
+# starts in the same column, responses **right**-padded. Two masks come with it:
 # `attention_mask` (1 on real tokens) and `response_mask` (1 on response tokens only).
 
 # %%
@@ -111,7 +111,9 @@ print("row 2 as tokens:", [tokenizer.decode([i]) for i in batch["input_ids"][2]]
 # from `log_softmax(logits[:, t])` — the **boundary shift**: the first token has no prediction,
 # and the last logits predict a token that does not exist.
 #
-# $$\texttt{out}[b, t] = \log \operatorname{softmax}(\texttt{logits}[b, t])\,[\texttt{input\_ids}[b, t + 1]], \qquad t = 0, \dots, L - 2.$$
+# $$\text{out}_{b,t} = \log \operatorname{softmax}(z_{b,t})_{\,i_{b,t+1}}, \qquad t = 0, \dots, L - 2,$$
+#
+# where $z$ are the `logits` and $i$ the `input_ids`.
 #
 # Implement `token_logps(logits, input_ids)`, returning a `[batch, length − 1]` tensor in
 # **float32**: convert the logits with `.float()` *before* the log-softmax (over a 50,000-token
@@ -188,11 +190,13 @@ assert torch.allclose(_out, _expected, atol=1e-5)
 # **Q2 · Sequence log-probabilities (3 points).** Now sum the token log-probabilities over the
 # response tokens of each row, and over nothing else:
 #
-# $$\log \pi(y \mid x) = \sum_{t=1}^{L-1} \texttt{response\_mask}[b, t] \cdot \log \pi(\texttt{input\_ids}[b, t] \mid \texttt{input\_ids}[b, {<}t]).$$
+# $$\log \pi(y \mid x) = \sum_{t=1}^{L-1} m_{b,t} \, \log \pi(i_{b,t} \mid i_{b,<t}),$$
+#
+# where $m$ is the `response_mask` and $i$ the `input_ids` of row $b$.
 #
 # Careful with the indices: `token_logps(...)[:, t − 1]` scores the token in column $t$, so the
 # mask that goes with it is `response_mask[:, 1:]`. The prompt's tokens are conditioned on, not
-# scored; the padding is neither.
+# scored; the padding is neither conditioned on nor scored.
 #
 # The forward pass is given. Its `position_ids` handle the left padding: GPT-2's position
 # embeddings are absolute, so in `<pad> <pad> The movie` the word "The" must sit at position 0,
