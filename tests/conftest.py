@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny GPT-2 with its locally trained tokenizer, built once per test session."""
+"""Shared fixtures: a tiny GPT-2 with its locally trained tokenizer, and the ``ci`` run folder of
+notebooks 04 and 05, each built once per test session."""
 
 import csv
 import itertools
@@ -6,6 +7,7 @@ import itertools
 import pytest
 
 from dpo_edu import data, models, toy
+from dpo_edu.cli import run_course
 from dpo_edu.presets import get_preset
 
 
@@ -43,3 +45,13 @@ def short_reviews():
     """The first 100 reviews of the bundled IMDb CSV, cut to 150 characters: texts for a tiny tokenizer."""
     with open(data.bundled_csv_path(), newline="", encoding="utf-8") as f:
         return [row["text"][:150] for row in itertools.islice(csv.DictReader(f), 100)]
+
+
+@pytest.fixture(scope="session")
+def ci_course_run(tmp_path_factory):
+    """The run folder that notebooks 04 and 05 filled at the ``ci`` preset, as a student runs them (05 loads
+    what 04 built), through ``dpo-edu run``'s code path: executed notebooks, summary.json and every cached
+    stage, so a later run of 05 (the browser test's) only loads. About 2 minutes on 2 idle cores."""
+    out = tmp_path_factory.mktemp("ci_course_run")
+    run_course("ci", out, ["04_gpt2_preferences", "05_rlhf_vs_dpo"])
+    return out

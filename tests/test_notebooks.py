@@ -14,16 +14,18 @@ from dpo_edu.cli import run_course
 MAX_SECONDS = 120  # a runaway guard: each theory notebook takes 6–15 s on 2 idle cores
 
 
-def execute_all(names: list[str], out) -> dict[str, tuple[dict, float]]:
-    """Run notebooks into one run folder through ``dpo-edu run``'s code path; records and seconds of each."""
-    run_course("ci", out, names)
+def read_run(out) -> dict[str, tuple[dict, float]]:
+    """Records and seconds of each notebook that ``run_course`` executed into ``out``."""
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["preset"] == "ci" and all((out / f"{name}.ipynb").exists() for name in names)
+    assert summary["preset"] == "ci" and all((out / f"{name}.ipynb").exists() for name in summary["notebooks"])
     return {name: (entry["records"], entry["seconds"]) for name, entry in summary["notebooks"].items()}
 
 
 def execute(name: str, tmp_path_factory) -> tuple[dict, float]:
-    return execute_all([name], tmp_path_factory.mktemp(name))[name]
+    """Run one notebook into its own run folder through ``dpo-edu run``'s code path."""
+    out = tmp_path_factory.mktemp(name)
+    run_course("ci", out, [name])
+    return read_run(out)[name]
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +97,9 @@ def test_03_deterministic_preferences_overfit_dpo_not_ipo_or_cdpo(dpo_objective)
 
 
 @pytest.fixture(scope="module")
-def language_model_run(tmp_path_factory):
-    """Notebooks 04 and 05 in one run folder, as a student runs them: 05 loads what 04 built."""
-    return execute_all(["04_gpt2_preferences", "05_rlhf_vs_dpo"], tmp_path_factory.mktemp("lm_run"))
+def language_model_run(ci_course_run):
+    """Notebooks 04 and 05 in one run folder (conftest.py, shared with the browser test)."""
+    return read_run(ci_course_run)
 
 
 @pytest.mark.notebook
