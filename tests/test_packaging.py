@@ -56,3 +56,5 @@ def test_ci_runs_the_readme_commands():
     for command in ['pip install -e ".[test]"', "pytest"]:
         assert command in readme and command in ci
     assert "pip install torch==2.13.0" in ci
+    chromium = re.compile(r"apt-get install (-\S+ )*chromium\b")  # the browser tests' Debian chromium
+    assert chromium.search(readme) and chromium.search(ci)
