@@ -31,7 +31,9 @@ def course_notebooks(names: list[str] | None = None) -> list[Path]:
     """The course notebooks in order, or those whose file name starts with one of ``names``."""
     notebooks = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
-        raise SystemExit(f"no notebooks in {NOTEBOOK_DIR}: run dpo-edu from a checkout installed with `pip install -e .`")
+        raise SystemExit(
+            f"no notebooks in {NOTEBOOK_DIR}: run dpo-edu from a checkout installed with `pip install -e .`"
+        )
     if not names:
         return notebooks
     chosen = []
@@ -44,7 +46,7 @@ def course_notebooks(names: list[str] | None = None) -> list[Path]:
 
 
 def preset_overrides(assignments: list[str]) -> dict:
-    """``["ppo_steps=8", "model='gpt2'"]`` → ``{"ppo_steps": 8, "model": "gpt2"}``, checked against the Preset fields."""
+    """``["ppo_steps=8", "model='gpt2'"]`` → ``{"ppo_steps": 8, "model": "gpt2"}``, fields checked against Preset's."""
     from .presets import Preset
 
     overrides = {}

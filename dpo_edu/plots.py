@@ -150,7 +150,8 @@ def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
     fig, (ax,) = _figure(width=6)
     index = np.arange(len(rewards))
     width = 0.4 if model_scores is not None else 0.6
-    ax.bar(index - (width / 2 if model_scores is not None else 0), rewards, width=width, label="ground truth p(positive)")
+    offset = width / 2 if model_scores is not None else 0
+    ax.bar(index - offset, rewards, width=width, label="ground truth p(positive)")
     ax.set(xlabel="completion", ylabel="ground-truth reward", ylim=(0, 1), title=f"“{prompt}” …")
     ax.set_xticks(index)
     if model_scores is not None:

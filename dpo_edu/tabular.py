@@ -147,7 +147,8 @@ def train_dpo(
     return _adam_loop(bandit.ref, loss_fn, steps, lr, log_fn)
 
 
-def dpo_gradient_formula(logits: Tensor, bandit: toy.Bandit, pairs: PreferencePairs, beta: float, appendix_slip: bool = False) -> Tensor:
+def dpo_gradient_formula(logits: Tensor, bandit: toy.Bandit, pairs: PreferencePairs, beta: float,
+                         appendix_slip: bool = False) -> Tensor:
     """The sigmoid DPO loss's gradient w.r.t. tabular logits, by the paper's §4 formula:
 
         ∇_θ L = −β/N Σ_k σ(r̂_l − r̂_w) (∇_θ log π(y_w|x) − ∇_θ log π(y_l|x)),

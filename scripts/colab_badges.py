@@ -94,7 +94,8 @@ def update_notebook(path: Path, repository: str, branch: str, write: bool = True
 
 def readme_list(repository: str, branch: str, notebooks: list[Path]) -> str:
     """The README block between the markers: one badge per notebook."""
-    lines = [f"- {badge(repository, branch, nb.resolve().relative_to(ROOT).as_posix())} `{nb.stem}`" for nb in notebooks]
+    paths = [nb.resolve().relative_to(ROOT).as_posix() for nb in notebooks]
+    lines = [f"- {badge(repository, branch, path)} `{nb.stem}`" for nb, path in zip(notebooks, paths)]
     return "\n".join([README_START, *lines, README_END])
 
 

@@ -93,7 +93,8 @@ def graded(built, zips, tmp_path_factory):
     for name, folder in paths.items():
         submissions[name, "solved"] = folder / "autograder" / f"{name}.ipynb"
         submissions[name, "student"] = folder / "student" / f"{name}.ipynb"
-    submissions["ppo_pieces", "partial"] = partly_solved_ppo_pieces(paths["ppo_pieces"], tmp_path_factory.mktemp("partial"))
+    partial = tmp_path_factory.mktemp("partial")
+    submissions["ppo_pieces", "partial"] = partly_solved_ppo_pieces(paths["ppo_pieces"], partial)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")  # inherited by the workers and their kernels
         with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -156,7 +157,8 @@ def test_points_follow_what_is_solved(graded):
 
 def test_gradescope_installs_the_course_from_its_repository():
     """The grading image installs dpo_edu from where the Colab cells do (pyproject's [tool.dpo_edu.colab])."""
-    colab = tomllib.loads((assignments.ASSIGNMENT_DIR.parent / "pyproject.toml").read_text())["tool"]["dpo_edu"]["colab"]
+    pyproject = tomllib.loads((assignments.ASSIGNMENT_DIR.parent / "pyproject.toml").read_text())
+    colab = pyproject["tool"]["dpo_edu"]["colab"]
     requirements = (assignments.ASSIGNMENT_DIR / "gradescope-requirements.txt").read_text()
     assert f"dpo_edu @ git+https://github.com/{colab['repository']}@{colab['branch']}" in requirements
     for master in MASTERS:

@@ -176,7 +176,8 @@ def test_recovery_error_ignores_shifts_and_is_rms():
     true = torch.tensor([0.0, 1.0, 2.0, -3.0], dtype=torch.float64)
     assert bt.recovery_error(true + 5.0, true) == pytest.approx(0.0, abs=1e-15)
     # fitted − true = [1, −1, 1, −1] after centring both: RMS 1.
-    assert bt.recovery_error(true + torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64), true) == pytest.approx(1.0)
+    off_by_one = true + torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    assert bt.recovery_error(off_by_one, true) == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"fitted \(3,\).*true \(4,\)"):
         bt.recovery_error(torch.zeros(3), true)
 

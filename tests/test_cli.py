@@ -31,7 +31,8 @@ def test_run_rejects_an_unknown_preset(capsys):
 
 
 def test_set_parses_literals_and_bare_words():
-    overrides = cli.preset_overrides(["ppo_steps=8", "random_init=True", "reward_classifier=tfidf", "dpo_beta_sweep=(0.1,)"])
+    assignments = ["ppo_steps=8", "random_init=True", "reward_classifier=tfidf", "dpo_beta_sweep=(0.1,)"]
+    overrides = cli.preset_overrides(assignments)
     assert overrides == {"ppo_steps": 8, "random_init": True, "reward_classifier": "tfidf", "dpo_beta_sweep": (0.1,)}
 
 

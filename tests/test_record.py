@@ -87,7 +87,8 @@ def test_read_records_later_record_of_a_name_wins(tmp_path):
 def test_read_records_of_a_notebook_without_records(tmp_path):
     """An unexecuted notebook (no outputs at all) gives an empty dict."""
     nb = _notebook()
-    nb["cells"].append({"cell_type": "code", "id": "c", "execution_count": None, "metadata": {}, "source": "x = 1", "outputs": []})
+    cell = {"cell_type": "code", "id": "c", "execution_count": None, "metadata": {}, "source": "x = 1", "outputs": []}
+    nb["cells"].append(cell)
     path = tmp_path / "clean.ipynb"
     path.write_text(json.dumps(nb))
     assert rec.read_records(path) == {}

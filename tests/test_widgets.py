@@ -91,5 +91,6 @@ def test_live_curves_keep_every_run():
     dashboard.run("a")(1, {"loss": 1.0})
     dashboard.run("b")(1, {"loss": 2.0})
     dashboard.run("a")(2, {"loss": 0.5})
-    assert dashboard.runs == {"a": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}], "b": [{"step": 1, "loss": 2.0}]}
+    expected = {"a": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}], "b": [{"step": 1, "loss": 2.0}]}
+    assert dashboard.runs == expected
     assert len(dashboard.figure().axes[0].lines) == 2
