@@ -16,6 +16,7 @@ calls the same functions and, on a run folder that 04 filled, only loads.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -195,8 +196,9 @@ def _save_run(folder: Path, metrics, samples, cost: CostMeter, checkpoints: Path
 
 
 def _eval_every(total_steps: int, n_evals: int) -> int:
-    """Evaluate ``n_evals`` times, the last after the final step (train_loop always evaluates then)."""
-    return max(1, total_steps // n_evals)
+    """Evaluate ``n_evals`` times, the last after the final step (the loops always evaluate then): every
+    ⌈steps / n⌉ steps, so that 64 steps at n = 3 evaluate at 22, 44 and 64, not at 21, 42, 63 and 64."""
+    return max(1, math.ceil(total_steps / n_evals))
 
 
 def dpo_run(preset: Preset, run_dir, beta: float, tokenizer, train_pairs, prompts, reward, seed: int = 0,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dpo_edu import pipeline
 
 
@@ -50,3 +52,9 @@ def test_config_settings_ignore_logging_cadence():
     quiet, chatty = SFTConfig(log_every=1, progress=False), SFTConfig(log_every=50, progress=True)
     assert pipeline._config_settings(quiet) == pipeline._config_settings(chatty)
     assert pipeline._config_settings(SFTConfig(lr=1e-4)) != pipeline._config_settings(quiet)
+
+
+@pytest.mark.parametrize("steps, n_evals, points", [(64, 3, [22, 44, 64]), (336, 3, [112, 224, 336]), (2, 5, [1, 2])])
+def test_a_run_is_evaluated_n_times_the_last_at_its_final_step(steps, n_evals, points):
+    every = pipeline._eval_every(steps, n_evals)
+    assert sorted({*range(every, steps + 1, every), steps}) == points  # as train_loop and train_ppo evaluate
