@@ -39,8 +39,8 @@ VOILA_START_SECONDS = 120  # the server answers in ~3 s on an idle machine
 RENDER_SECONDS = 900  # Voilà executes the whole notebook before the page loads: 02 and 05 (stages cached) ~10 s
 REDRAW_SECONDS = 120  # widgets drawn after the page loads, or one callback's redraw: seconds on an idle machine
 # Voilà sometimes waits forever on a cell whose kernel has finished and gone idle (Voilà issue #1428, open).
-# Seen here twice in ~25 renders of 02 with both cores saturated, both times on the explorer's cell, whose
-# Output widget has nbclient send comm messages to the kernel mid-cell; never on an idle machine. A kernel idle
+# Seen here on a loaded machine, never on an idle one: twice in ~25 renders of 02 (both on the explorer's cell,
+# whose Output widget has nbclient send comm messages to the kernel mid-cell) and once on 05. A kernel idle
 # that long while the page still executes is that stall, not a slow cell; a reload (a fresh kernel) gets past it.
 STALL_SECONDS = 60
 STALL_CHECK_SECONDS = 10
