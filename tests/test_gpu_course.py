@@ -26,7 +26,9 @@ def test_table_has_both_notebooks_and_every_metered_stage(ci_course_run):
         assert row == {"stage": row["stage"], **json.loads((ci_course_run / row["stage"] / "cost.json").read_text())}
     lines = gpu_course.timing_table(rows).splitlines()
     assert len(lines) == len(rows) + 1 and lines[0].split()[:2] == ["stage", "seconds"]
-    assert lines[3].split()[0] == "reward_model" and float(lines[3].split()[1].replace(",", "")) == rows[2]["seconds"]
+    reward_model_line = lines[3].split()
+    assert reward_model_line[0] == "reward_model"
+    assert float(reward_model_line[1].replace(",", "")) == pytest.approx(rows[2]["seconds"], abs=0.05)  # 1 decimal
 
 
 def test_gpt2_without_a_gpu_says_how_to_dry_run(monkeypatch):
