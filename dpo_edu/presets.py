@@ -172,9 +172,9 @@ PRESETS = {
         ppo_mini_batch_size=8,
         ppo_epochs=4,
         ppo_lr=1e-4,
-        ppo_kl_coef=0.05,
+        ppo_kl_coef=0.2,  # 64 steps leave the controller little time: from 0.05, KL reached 6–10 before β caught up
         ppo_target_kl=None,
-        ppo_kl_horizon=128,  # β may move up to 5 % a step
+        ppo_kl_horizon=128,  # β may move up to 5 % a step (horizon 32, 20 % a step, diverged: β 0.1 → 2,476)
         dpo_beta_sweep=(0.1, 0.5, 2.0),
         ppo_target_sweep=(1.0, 3.0, 9.0),
     ),
