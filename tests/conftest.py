@@ -2,13 +2,25 @@
 notebooks 04 and 05, each built once per test session."""
 
 import csv
+import importlib.util
 import itertools
+from pathlib import Path
 
 import pytest
 
 from dpo_edu import data, models, toy
 from dpo_edu.cli import run_course
 from dpo_edu.presets import get_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """A script of the repository (``benchmarks/…``, ``scripts/…``) imported as a module, for its functions."""
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

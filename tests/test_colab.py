@@ -1,6 +1,5 @@
 """Colab: every notebook carries a badge and an install cell built from the configured address."""
 
-import importlib.util
 import subprocess
 import sys
 import types
@@ -8,12 +7,11 @@ from pathlib import Path
 
 import jupytext
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-_spec = importlib.util.spec_from_file_location("colab_badges", ROOT / "scripts" / "colab_badges.py")
-colab_badges = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(colab_badges)
+colab_badges = load_script("scripts/colab_badges.py")
 
 
 def install_cell(path):

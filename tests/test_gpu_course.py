@@ -1,17 +1,13 @@
 """benchmarks/gpu_course.py: its timing table, read from a run folder that notebooks 04–05 filled at ``ci``."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from dpo_edu.presets import get_preset
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("gpu_course", ROOT / "benchmarks" / "gpu_course.py")
-gpu_course = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gpu_course)
+gpu_course = load_script("benchmarks/gpu_course.py")
 
 
 @pytest.mark.notebook
