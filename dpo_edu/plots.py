@@ -122,21 +122,46 @@ def plot_implicit_reward(true_reward, implicit_reward) -> Figure:
     return fig
 
 
-def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], title: str = "") -> Figure:
+def moving_average(values, window: int) -> np.ndarray:
+    """Trailing mean of the last ``window`` values at each point (of fewer at the start): a per-step
+    metric's trend. ``m_t = (v_{t−w+1} + … + v_t) / w``."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(values)
+    sums[window:] = sums[window:] - sums[:-window].copy()
+    return sums / np.minimum(np.arange(1, len(values) + 1), window)
+
+
+def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], title: str = "",
+                         smooth: int = 20) -> Figure:
     """One axis per panel; in each, every listed metric of every run against its ``step``.
 
     ``runs`` maps a run name to its metric rows (``{"step": …, "loss": …, …}``, as the trainers log);
-    rows without a metric are skipped, so training and evaluation metrics can share one log.
+    rows without a metric are skipped, so training and evaluation metrics can share one log. Curves of
+    fewer than 30 points (evaluations) get markers; a curve at least 5 × ``smooth`` points long (a per-step
+    metric over a long run, noisy batch to batch) is drawn faint, under its moving average over ``smooth``
+    steps (0 or 1: never). With several runs, a run keeps one colour in every panel
+    and the metrics of a panel differ by line style (solid, dashed, dotted), so ``logps/chosen`` and
+    ``logps/rejected`` of one run read as a pair.
     """
     fig, axes = _figure(ncols=len(panels), width=4.0, height=3.2)
+    styles = ["-", "--", ":", "-."]
     for ax, metrics in zip(axes, panels):
-        for run, rows in runs.items():
-            for metric in metrics:
+        for run_index, (run, rows) in enumerate(runs.items()):
+            for metric_index, metric in enumerate(metrics):
                 points = [(row["step"], row[metric]) for row in rows if metric in row]
-                if points:
-                    steps, values = zip(*points)
-                    label = metric if len(runs) == 1 else f"{run}: {metric}"
-                    ax.plot(steps, values, ".-" if len(points) < 30 else "-", label=label)
+                if not points:
+                    continue
+                steps, values = zip(*points)
+                label = metric if len(runs) == 1 else f"{run}: {metric}"
+                style = {"color": f"C{metric_index if len(runs) == 1 else run_index}",
+                         "ls": "-" if len(runs) == 1 else styles[metric_index % len(styles)]}
+                if len(points) < 30:
+                    ax.plot(steps, values, marker=".", label=label, **style)
+                elif smooth > 1 and len(points) >= 5 * smooth:
+                    ax.plot(steps, values, lw=0.6, alpha=0.25, **style)
+                    ax.plot(steps, moving_average(values, smooth), label=f"{label} (mean of {smooth})", **style)
+                else:
+                    ax.plot(steps, values, label=label, **style)
         ax.set(xlabel="step", title=", ".join(metrics) if len(metrics) == 1 else "")
         if ax.lines and (len(metrics) > 1 or len(runs) > 1):
             ax.legend(fontsize=7)

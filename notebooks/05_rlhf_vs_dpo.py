@@ -135,6 +135,26 @@ plots.plot_training_curves(
 )
 
 # %% [markdown]
+# DPO's per-step log-probabilities are noisy from batch to batch, so the last panel draws each faint,
+# under its mean over 20 steps: solid is chosen, dashed rejected, one colour per β.
+#
+# **How PPO steers its KL.** The adaptive controller (Ziegler et al., 2019) multiplies β by
+# $1 + \text{clip}(\mathrm{KL}/\mathrm{KL}_\text{target} - 1, \pm 0.2)\cdot n/H$ after every rollout of $n$
+# episodes ($H$ is the preset's horizon): β rises while the KL is above target and falls below it, a few
+# percent a step. Early on, before the policy has found what the reward model likes, the KL sits below
+# target and β keeps falling; when the policy finds it, the KL can overshoot while β climbs back. Below:
+# the KL of each rollout, β, and the fraction of tokens whose probability ratio PPO clipped. A healthy run
+# clips a few percent. With a learning rate too high for the batch (clip fraction ~0.25 at `cpu` with
+# 1e-4), noisy updates wander away from $\pi_\text{ref}$ whatever the penalty: the KL reached 3 even at
+# a fixed β of 2, where the optimum stays near $\pi_\text{ref}$.
+
+# %%
+plots.plot_training_curves(
+    {name: run["metrics"] for name, run in runs.items() if name.startswith("PPO")},
+    [["objective/kl"], ["objective/kl_coef"], ["policy/clipfrac"]],
+)
+
+# %% [markdown]
 # ## 3. The reward–KL frontier
 #
 # Every evaluation of every run: ground-truth reward against sequence KL on held-out prompts (the

@@ -64,6 +64,32 @@ def test_training_curves_skip_rows_without_the_metric():
     assert [list(line.get_xdata()) for line in lines] == [[1, 2], [2]]
 
 
+def test_moving_average_is_the_trailing_mean():
+    values = np.array([4.0, 2.0, 6.0, 0.0, 8.0])
+    expected = [4.0, 3.0, 4.0, 8 / 3, 14 / 3]  # the mean of up to 3 values ending at each point
+    np.testing.assert_allclose(plots.moving_average(values, 3), expected)
+    np.testing.assert_allclose(plots.moving_average(values, 1), values)
+
+
+def test_long_curves_are_smoothed_and_a_run_keeps_its_colour():
+    rng = np.random.default_rng(0)
+    rows = [{"step": step, "logps/chosen": -10 + rng.normal(), "logps/rejected": -12 + rng.normal()}
+            for step in range(1, 41)]
+    runs = {"DPO β=0.1": rows, "DPO β=1": rows[:10]}
+    fig = plots.plot_training_curves(runs, [["logps/chosen", "logps/rejected"]], smooth=5)
+    raw_chosen, mean_chosen, raw_rejected, mean_rejected, short_chosen, short_rejected = fig.axes[0].lines
+    chosen = [row["logps/chosen"] for row in rows]
+    np.testing.assert_allclose(raw_chosen.get_ydata(), chosen)
+    assert raw_chosen.get_alpha() < 0.5 and mean_chosen.get_alpha() is None
+    np.testing.assert_allclose(mean_chosen.get_ydata()[4:], np.convolve(chosen, np.ones(5) / 5, mode="valid"))
+    assert mean_chosen.get_color() == mean_rejected.get_color() != short_chosen.get_color()
+    assert (mean_chosen.get_linestyle(), mean_rejected.get_linestyle()) == ("-", "--")
+    assert len(short_chosen.get_xdata()) == 10 and short_chosen.get_marker() == "."  # short: raw, with markers
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "DPO β=0.1: logps/chosen (mean of 5)"
+    unsmoothed = plots.plot_training_curves(runs, [["logps/chosen"]], smooth=0)
+    assert len(unsmoothed.axes[0].lines) == 2
+
+
 def test_frontier_draws_every_evaluation_and_the_reference():
     runs = {
         "DPO β=0.1": [{"step": 5, "eval/kl": 1.0, "eval/reward": 0.6}, {"step": 6, "loss": 0.3}],
