@@ -1,9 +1,11 @@
 """The interactive explorers in a real browser: Voilà serves a course notebook (preset ``ci``, sliders on),
 headless Chromium moves a control, and the readout and the plot must change.
 
-Run alone with ``python -m pytest -m browser``; skip with ``-m "not browser"``. Needs Debian's chromium
-(``sudo apt-get install chromium``, at /usr/bin/chromium), driven by the ``playwright`` wheel (no browser is
-downloaded), and ``voila``. Where one is missing the tests skip, or fail when the environment variable CI is set.
+Run alone with ``python -m pytest -m browser``; skip with ``-m "not browser"``. Needs a Chromium-family
+browser: Debian's ``chromium`` (``sudo apt-get install chromium``), Ubuntu's ``chromium-browser`` snap or
+Google Chrome, found on the PATH, or any other through the environment variable DPO_EDU_CHROMIUM (its
+path). The ``playwright`` wheel drives it (no browser is downloaded), and ``voila`` serves the notebook.
+Where one is missing the tests skip, or fail when the environment variable CI is set.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +32,16 @@ from dpo_edu.widgets import READOUT_CLASS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> str | None:
+    """The browser to drive: $DPO_EDU_CHROMIUM if set, else the first Chromium-family program on the PATH."""
+    if os.environ.get("DPO_EDU_CHROMIUM"):
+        return os.environ["DPO_EDU_CHROMIUM"]
+    return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
+
+
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -72,14 +84,16 @@ def require(present: bool, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Debian chromium through Playwright's sync API, one per session."""
-    require(CHROMIUM.exists(), f"chromium ({CHROMIUM})")
+    """Headless chromium through Playwright's sync API, one per session."""
+    chromium = find_chromium()
+    require(chromium is not None and Path(chromium).is_file(),
+            f"a chromium browser (DPO_EDU_CHROMIUM={chromium!r} or one of {', '.join(CHROMIUM_NAMES)} on the PATH)")
     require(importlib.util.find_spec("playwright") is not None, "playwright")
     require(importlib.util.find_spec("voila") is not None, "voila")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
 
@@ -276,3 +290,17 @@ def test_05_runs_explorer_shows_the_picked_run(serve, ci_course_run):
     explorer.expect(before["readout"].startswith(f"{runs[0]}: reward"), f"{runs[0]} shown: {before['readout']!r}")
     dropdown.select_option(index=len(runs) - 1)
     explorer.wait_for_redraw(before, f"{runs[-1]}: reward", f"picking {runs[-1]!r} in the runs dropdown")
+
+
+def test_find_chromium_takes_the_environment_then_the_path(monkeypatch, tmp_path):
+    ubuntu = tmp_path / "chromium-browser"
+    ubuntu.write_text("#!/bin/sh\n")
+    ubuntu.chmod(0o755)
+    monkeypatch.delenv("DPO_EDU_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_chromium() == str(ubuntu)
+    monkeypatch.setenv("DPO_EDU_CHROMIUM", "/opt/chrome/chrome")
+    assert find_chromium() == "/opt/chrome/chrome"
+    monkeypatch.delenv("DPO_EDU_CHROMIUM")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert find_chromium() is None
