@@ -56,9 +56,11 @@ def preset_overrides(assignments: list[str]) -> dict:
             raise SystemExit(f"--set {assignment!r}: expected FIELD=VALUE with FIELD a preset field "
                              f"({', '.join(Preset.__dataclass_fields__)})")
         try:
-            overrides[field] = ast.literal_eval(text)  # numbers, True/False, None, tuples, quoted strings
+            value = ast.literal_eval(text)  # numbers, True/False, None, tuples, lists, quoted strings
         except (ValueError, SyntaxError):
-            overrides[field] = text  # a bare word: a string such as tfidf
+            value = text  # a bare word: a string such as tfidf
+        # papermill writes a tuple into the parameters cell as its string; a list it writes as a list
+        overrides[field] = list(value) if isinstance(value, tuple) else value
     return overrides
 
 

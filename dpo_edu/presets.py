@@ -265,7 +265,9 @@ def get_preset(name: str, verbose: bool = True, **overrides) -> Preset:
     unknown = set(overrides) - set(Preset.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown preset field(s) {sorted(unknown)} for preset {name!r}")
-    preset = replace(preset, **overrides)
+    # a sweep given as a list (as papermill passes it) is stored as the tuple the presets hold
+    preset = replace(preset, **{key: tuple(value) if isinstance(value, list) else value
+                                for key, value in overrides.items()})
     if verbose:
         print(f"preset {preset.name}: {preset.description}")
     return preset

@@ -1,8 +1,12 @@
 """The dpo-edu command line (``run`` itself is exercised by test_notebooks.py)."""
 
+import ast
+
 import pytest
+from papermill.translators import PythonTranslator
 
 from dpo_edu import cli
+from dpo_edu.presets import get_preset
 
 
 def test_course_notebooks_in_order_and_by_prefix():
@@ -33,7 +37,14 @@ def test_run_rejects_an_unknown_preset(capsys):
 def test_set_parses_literals_and_bare_words():
     assignments = ["ppo_steps=8", "random_init=True", "reward_classifier=tfidf", "dpo_beta_sweep=(0.1,)"]
     overrides = cli.preset_overrides(assignments)
-    assert overrides == {"ppo_steps": 8, "random_init": True, "reward_classifier": "tfidf", "dpo_beta_sweep": (0.1,)}
+    assert overrides == {"ppo_steps": 8, "random_init": True, "reward_classifier": "tfidf", "dpo_beta_sweep": [0.1]}
+
+
+def test_a_sweep_survives_papermill_into_the_preset():
+    overrides = cli.preset_overrides(["dpo_beta_sweep=(0.1, 0.5)", "ppo_target_sweep=[6]"])
+    cell = PythonTranslator.translate(overrides)  # what papermill writes into the parameters cell
+    preset = get_preset("ci", verbose=False, **ast.literal_eval(cell))
+    assert preset.dpo_beta_sweep == (0.1, 0.5) and preset.ppo_target_sweep == (6,)
 
 
 @pytest.mark.parametrize("bad", ["ppo_step=8", "ppo_steps"])
