@@ -140,7 +140,7 @@ plots.plot_training_curves(
 #
 # **How PPO steers its KL.** The adaptive controller (Ziegler et al., 2019) multiplies β by
 # $1 + \text{clip}(\mathrm{KL}/\mathrm{KL}_\text{target} - 1, \pm 0.2)\cdot n/H$ after every rollout of $n$
-# episodes ($H$ is the preset's horizon): β rises while the KL is above target and falls below it, a few
+# episodes ($H$ is the preset's horizon): β rises while the KL is above target and falls while it is below, a few
 # percent a step. Early on, before the policy has found what the reward model likes, the KL sits below
 # target and β keeps falling; when the policy finds it, the KL can overshoot while β climbs back. Below:
 # the KL of each rollout, β, and the fraction of tokens whose probability ratio PPO clipped. A healthy run
