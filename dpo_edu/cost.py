@@ -10,7 +10,8 @@ fairly across machines:
 
 A forward pass counts the ``input_ids`` it reads (one new token per row per step when sampling with
 the KV cache); it also counts as backward tokens when it runs with gradients enabled. Peak memory is the
-CUDA allocator's peak on a GPU, else the process's resident memory sampled every 20 ms.
+CUDA allocator's peak when the models are on a GPU, else the process's resident memory sampled every 20 ms
+(memory that a paused evaluation leaves allocated still counts on a CPU: the process keeps it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,20 +41,32 @@ class CostMeter:
     """Counts token passes through ``models`` and peak memory while the ``with`` block runs."""
 
     def __init__(self, *models: nn.Module):
-        self.models = models
+        # Hook the transformer body (``base_model`` of a Hugging Face model): trainers may call it directly,
+        # e.g. DPO runs the LM head only where a response token is predicted. Weak references: a model its
+        # caller deletes mid-run (DPO's π_ref after the precompute) is freed, not kept alive by the meter.
+        self._bodies = [weakref.ref(getattr(m, "base_model", m)) for m in models]
+        self._cuda = any(p.is_cuda for m in models for p in m.parameters())
         self.forward_tokens = self.backward_tokens = 0
         self.seconds = self.peak_memory_mb = 0.0
         self._hooks, self._paused = [], False
 
     @contextmanager
     def paused(self):
-        """Leave out what runs inside (e.g. an evaluation both pipelines share): no tokens, no seconds."""
+        """Leave out what runs inside (e.g. an evaluation both pipelines share): no tokens, no seconds, and
+        on a GPU no memory peak."""
         start, self._paused = time.perf_counter(), True
+        if self._cuda:
+            self._record_cuda_peak()
         try:
             yield
         finally:
             self._paused = False
+            if self._cuda:
+                torch.cuda.reset_peak_memory_stats()
             self.seconds -= time.perf_counter() - start
+
+    def _record_cuda_peak(self) -> None:
+        self.peak_memory_mb = max(self.peak_memory_mb, torch.cuda.max_memory_allocated() / 2**20)
 
     def _count(self, module, args, kwargs):
         if self._paused:
@@ -65,14 +79,12 @@ class CostMeter:
 
     def _sample_memory(self):
         while not self._stop.wait(0.02):
-            self.peak_memory_mb = max(self.peak_memory_mb, resident_mb())
+            if not self._paused:
+                self.peak_memory_mb = max(self.peak_memory_mb, resident_mb())
 
     def __enter__(self) -> "CostMeter":
-        # Hook the transformer body (``base_model`` of a Hugging Face model): trainers may call it directly,
-        # e.g. DPO runs the LM head only where a response token is predicted.
-        bodies = [getattr(m, "base_model", m) for m in self.models]
+        bodies = [body for body in (ref() for ref in self._bodies) if body is not None]
         self._hooks = [body.register_forward_pre_hook(self._count, with_kwargs=True) for body in bodies]
-        self._cuda = torch.cuda.is_available()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
@@ -88,7 +100,7 @@ class CostMeter:
         for hook in self._hooks:
             hook.remove()
         if self._cuda:
-            self.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
+            self._record_cuda_peak()
         else:
             self._stop.set()
             self._sampler.join()

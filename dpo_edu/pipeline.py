@@ -146,7 +146,7 @@ def reward_model(preset: Preset, run_dir, tokenizer, train_pairs, eval_pairs, se
     }
 
     def build(folder: Path) -> None:
-        model = RewardModel.from_policy(run_dir / "sft", tokenizer, seed=seed)
+        model = RewardModel.from_policy(run_dir / "sft", tokenizer, seed=seed).to(preset.device)  # built on the CPU
         with CostMeter(model) as cost:  # RLHF's cost: includes the held-out evaluations (forward only, small)
             _, metrics = train_reward_model(
                 model, tokenizer, train_pairs, config, callback=callback, eval_pairs=eval_pairs,

@@ -1,6 +1,9 @@
 """The cost meter counts the tokens each forward pass reads, and which of them are backpropagated."""
 
 import copy
+import gc
+import time
+import weakref
 
 import torch
 
@@ -50,3 +53,35 @@ def test_counts_a_trainer_that_calls_the_transformer_body_directly(tiny_lm, one_
     with CostMeter(policy) as cost, torch.no_grad():
         policy.base_model(input_ids=batch["input_ids"])  # as dpo.response_logps does
     assert cost.forward_tokens == batch["input_ids"].numel()
+
+
+def test_a_model_deleted_mid_run_is_freed_and_still_counted_until_then(tiny_lm, one_thread):
+    policy, tokenizer = tiny_lm
+    ref = copy.deepcopy(policy)
+    alive = weakref.ref(ref)
+    batch = models.encode_pairs(tokenizer, ["The film"], [" was fine"])
+    with CostMeter(policy, ref) as cost, torch.no_grad():
+        models.sequence_logps(ref, **batch)
+        del ref  # as dpo_run does after the reference precompute
+        gc.collect()
+        assert alive() is None  # the meter holds no reference of its own
+        models.sequence_logps(policy, **batch)
+    assert cost.forward_tokens == 2 * batch["input_ids"].numel()
+
+
+def test_cpu_models_are_measured_by_resident_memory_even_where_cuda_exists(tiny_lm, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with CostMeter(tiny_lm[0]) as cost:
+        pass
+    assert not cost._cuda and cost.peak_memory_mb > 10  # RSS, not a CUDA allocator that holds nothing
+
+
+def test_a_paused_block_adds_no_resident_memory_peak(tiny_lm):
+    with CostMeter(tiny_lm[0]) as cost:
+        baseline = cost.peak_memory_mb
+        with cost.paused():
+            held = torch.ones(300 * 2**20 // 4)  # 300 MiB, touched, while paused
+            time.sleep(0.2)  # several 20 ms samples
+            del held
+        time.sleep(0.1)
+    assert cost.peak_memory_mb < baseline + 200

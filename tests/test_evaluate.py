@@ -66,3 +66,14 @@ def test_evaluate_policy_of_the_reference_has_zero_kl(tiny_lm, one_thread):
     ref, tokenizer = tiny_lm
     metrics, _ = evaluate.evaluate_policy(ref, ref, tokenizer, PROMPTS, lambda t: torch.zeros(len(t)), 4, batch_size=3)
     assert metrics["eval/kl"] == 0 and metrics["eval/kl_sampled"] == 0
+
+
+def test_the_kl_chunk_changes_neither_the_samples_nor_the_kl(tiny_lm, one_thread):
+    ref, tokenizer = tiny_lm
+    policy = shaken(ref, scale=0.1)
+    reward = lambda texts: torch.zeros(len(texts))  # noqa: E731
+    one_go = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS * 3, reward, 6, batch_size=12, kl_batch_size=12)
+    chunks = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS * 3, reward, 6, batch_size=12, kl_batch_size=5)
+    assert [s["completion"] for s in chunks[1]] == [s["completion"] for s in one_go[1]]
+    assert [s["kl"] for s in chunks[1]] == pytest.approx([s["kl"] for s in one_go[1]], abs=1e-5)
+    assert chunks[0]["eval/kl_sampled"] == pytest.approx(one_go[0]["eval/kl_sampled"], abs=1e-5)
