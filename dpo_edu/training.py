@@ -282,7 +282,8 @@ def read_checkpoint(path, model, config=None) -> tuple[dict, list[dict]]:
     checkpoint; returns its ``state`` and metrics. With ``config``, refuses (ValueError) a checkpoint written
     under a config whose numbers differ."""
     path = Path(path)
-    state = torch.load(path / STATE_FILE, weights_only=False)  # our own file: RNG states are Python objects
+    # our own file (RNG states are Python objects); optimiser tensors move to their parameters when loaded
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     if config is not None and state["config"] is not None:
         now, then = _config_dict(config), state["config"]
         changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and k not in RESUMABLE_CHANGES)
