@@ -127,7 +127,7 @@ def moving_average(values, window: int) -> np.ndarray:
     metric's trend. ``m_t = (v_{t−w+1} + … + v_t) / w``."""
     values = np.asarray(values, dtype=float)
     sums = np.cumsum(values)
-    sums[window:] = sums[window:] - sums[:-window].copy()
+    sums[window:] = sums[window:] - sums[:-window]  # the right side is computed before it is stored
     return sums / np.minimum(np.arange(1, len(values) + 1), window)
 
 
@@ -139,9 +139,9 @@ def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], t
     rows without a metric are skipped, so training and evaluation metrics can share one log. Curves of
     fewer than 30 points (evaluations) get markers; a curve at least 5 × ``smooth`` points long (a per-step
     metric over a long run, noisy batch to batch) is drawn faint, under its moving average over ``smooth``
-    steps (0 or 1: never). With several runs, a run keeps one colour in every panel
-    and the metrics of a panel differ by line style (solid, dashed, dotted), so ``logps/chosen`` and
-    ``logps/rejected`` of one run read as a pair.
+    steps (0 or 1: never). With several runs, a run keeps one colour in every panel and the metrics of a
+    panel differ by line style (solid, dashed, dotted), so ``logps/chosen`` and ``logps/rejected`` of one
+    run read as a pair.
     """
     fig, axes = _figure(ncols=len(panels), width=4.0, height=3.2)
     styles = ["-", "--", ":", "-."]
