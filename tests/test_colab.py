@@ -3,13 +3,11 @@
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import jupytext
 import pytest
-from conftest import load_script
+from conftest import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 colab_badges = load_script("scripts/colab_badges.py")
 
