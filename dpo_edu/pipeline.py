@@ -246,7 +246,8 @@ def ppo_run(preset: Preset, run_dir, target_kl: float | None, tokenizer, train_p
     config = replace(config, eval_every=_eval_every(config.steps, n_evals))
     stages = ("sft",) if ground_truth else ("sft", preferences.CACHE_DIR, "reward_model")
     settings = {**_stage_settings(run_dir, *stages), "ppo": _config_settings(config), "eval_prompts": len(prompts),
-                "train_prompts": len(train_prompts), "ground_truth": ground_truth}
+                "train_prompts": len(train_prompts), "ground_truth": ground_truth,
+                "reward": preferences.reward_fingerprint(reward)}  # PPO-GT trains on it; every run is scored by it
 
     def build(folder: Path) -> None:
         policy = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype)

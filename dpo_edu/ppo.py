@@ -25,12 +25,14 @@ value loss also moves the policy's trunk (scaled by ``vf_coef``). A zero head pr
 returns) and, since ∂V/∂h = w = 0, its first gradient leaves the trunk alone: training starts at π_θ = π_ref.
 
     value_head = ValueHead(policy.config.hidden_size)             # optional: pass it to keep a handle on it
-    policy, metrics = train_ppo(policy, ref_model, tokenizer, prompts, reward_model, PPOConfig.from_preset(p))
+    policy, metrics = train_ppo(policy, ref_model, tokenizer, prompts, reward_model, PPOConfig.from_preset(p),
+                                value_head=value_head)
     policy, metrics = train_ppo(policy, ref_model, tokenizer, prompts, sentiment, config)   # PPO-GT
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -68,7 +70,7 @@ class PPOConfig:
     cliprange_value: float = 0.2  # ε_v: a value prediction moves at most this far from its rollout value
     vf_coef: float = 0.1  # weight of the value loss in the total loss (it shares the policy's trunk)
     normalize_scores: bool = True  # s̃ = (s − μ₀)/σ₀, μ₀ σ₀ of the first rollout (π_ref's samples); False: s̃ = s
-    missing_eos_penalty: float | None = None  # score given instead of s(x, y) when y has no EOS; None: off
+    missing_eos_penalty: float | None = None  # s̃ (in units of σ₀ if normalised) of a y without EOS; None: off
     whiten_rewards: bool = False  # scale the per-token rewards to unit variance over the batch before GAE
     grad_clip: float | None = 1.0  # clip the global gradient norm of policy + value head; None: no clipping
     seed: int = 0  # fixes the prompts' order, the samples and the minibatch shuffles of every step
@@ -81,6 +83,8 @@ class PPOConfig:
         for name in ("lr", "temperature", "cliprange", "cliprange_value", "target_kl", "grad_clip"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
+        if self.missing_eos_penalty is not None and not math.isfinite(self.missing_eos_penalty):
+            raise ValueError(f"missing_eos_penalty must be a finite number or None, got {self.missing_eos_penalty!r}")
         for name in ("batch_size", "mini_batch_size", "ppo_epochs", "steps", "max_new_tokens", "kl_horizon",
                      "log_every", "save_every", "eval_every", "seed"):
             check_int(name, getattr(self, name), 0 if name in ("eval_every", "seed") else 1)
@@ -186,13 +190,16 @@ def forward_response(model, input_ids: Tensor, attention_mask: Tensor, width: in
 
     ONE pass of the transformer: the hidden state at column t − 1 predicts token t (LM head) and values the
     state before it (value head). π_T = softmax(logits / T): the distribution the tokens were sampled from.
+    ``models.next_token_logps`` computes the same log-probs (a test holds them equal); this one also returns
+    the hidden states' values and keeps only the response columns.
     """
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
     hidden = hidden[:, width - 1 : -1]  # boundary: column t − 1 predicts token t
     logps = torch.log_softmax(model.get_output_embeddings()(hidden).float() / temperature, dim=-1)  # float32
     token_logps = logps.gather(-1, input_ids[:, width:, None]).squeeze(-1)  # log π_T(y_t | x, y_<t)
-    entropy = -(logps.exp() * logps).sum(-1)  # H_t = −Σ_v π_T(v) log π_T(v)
+    with torch.no_grad():  # a diagnostic: no graph, or a second [rows, tokens, vocab] tensor lives to backward
+        entropy = -(logps.exp() * logps).sum(-1)  # H_t = −Σ_v π_T(v) log π_T(v)
     return token_logps, entropy, None if value_head is None else value_head(hidden)
 
 
@@ -234,7 +241,13 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
     scores = raw
     if config.normalize_scores:
         if score_stats is None:  # the first rollout: π_θ = π_ref, so these are samples of π_ref
-            score_stats = (raw.mean().item(), raw.std().item() if len(raw) > 1 else 1.0)
+            score_stats = (raw.mean().item(), raw.std().item() if len(raw) > 1 else 0.0)
+            # s̃ would be 0/0 now and ±1e8 at the first score that differs (a NaN score: train_ppo names its prompt)
+            if not score_stats[1] > 1e-6 and torch.isfinite(raw).all():
+                raise ValueError(
+                    f"the first rollout's {len(raw)} score(s) have no spread (σ₀ = {score_stats[1]:g}), so they "
+                    "cannot normalise the reward: give PPO ≥ 2 prompts a rollout and a reward that varies on "
+                    "π_ref's samples, or set normalize_scores=False")
         scores = (raw - score_stats[0]) / (score_stats[1] + 1e-8)  # s̃ = (s − μ₀) / σ₀
     if config.missing_eos_penalty is not None:  # Huang et al.: a response cut off by max_new_tokens scores a penalty
         scores = torch.where(has_eos, scores, float(config.missing_eos_penalty))
@@ -255,8 +268,12 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
 # --- optimisation -----------------------------------------------------------------------------------------
 
 
-def ppo_update(trainable: nn.ModuleDict, optimizer, roll: dict, config: PPOConfig, step: int, seed: int) -> dict:
-    """``ppo_epochs`` passes of shuffled minibatches over one rollout; the minibatches' mean metrics."""
+def ppo_update(trainable: nn.ModuleDict, optimizer, roll: dict, config: PPOConfig, step: int, seed: int,
+               prompt_rows: Sequence[int]) -> dict:
+    """``ppo_epochs`` passes of shuffled minibatches over one rollout; the minibatches' mean metrics.
+
+    ``prompt_rows[i]``: the index, in the training prompts, of the rollout's row i (named by a loss error).
+    """
     policy, value_head = trainable["policy"], trainable["value_head"]
     generator = torch.Generator().manual_seed(seed)  # seeded per step: a resumed run shuffles alike
     n, stats = len(roll["scores"]), []
@@ -273,14 +290,15 @@ def ppo_update(trainable: nn.ModuleDict, optimizer, roll: dict, config: PPOConfi
             vf_loss, vf_stats = ppo_value_loss(values, roll["values"][rows], roll["returns"][rows], mask,
                                                config.cliprange_value)
             loss = pg_loss + config.vf_coef * vf_loss  # L = L^CLIP + c_v L^V (no entropy bonus, as Huang et al.)
-            batch = Batch(step, epoch, index, rows.tolist(), [])  # the error names step, PPO epoch, minibatch
+            # the error names the step, the PPO epoch, the minibatch and its prompts
+            batch = Batch(step, epoch, index, [prompt_rows[i] for i in rows.tolist()], [])
             check_finite_loss(loss, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = clip_gradients(trainable, config.grad_clip)
             check_finite_loss(grad_norm, batch, "the gradient norm")  # before the step spreads it to every weight
             optimizer.step()
-            entropy = torch.where(mask, entropy.detach(), 0.0).sum() / mask.sum().clamp(min=1)
+            entropy = torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1)
             stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), **pg_stats, **vf_stats,
                           "policy/entropy": entropy.item(), "grad_norm": grad_norm})
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
@@ -339,7 +357,9 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn, co
     device = policy.get_input_embeddings().weight.device
     value_head = (value_head if value_head is not None else ValueHead(policy.config.hidden_size)).to(device)
     trainable = nn.ModuleDict({"policy": policy, "value_head": value_head})
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.lr, eps=1e-5)  # Huang et al.: Adam ε = 1e-5
+    # Huang et al.: Adam ε = 1e-5, no weight decay (torch's AdamW decays by 0.01 unless told: a pull towards 0,
+    # not towards π_ref, on every weight, even those the loss leaves alone)
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = (FixedKLController(config.kl_coef) if config.target_kl is None
               else AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon))
     step, metrics, state = 0, [], {"score_stats": None}  # (μ₀, σ₀), fixed by the first rollout
@@ -348,6 +368,7 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn, co
         step, metrics = _load(found, trainable, optimizer, kl_ctl, config, state)
         if config.progress:
             print(f"PPO: resuming from step {step} of {config.steps} ({found})")
+    episodes = metrics[-1]["episode"] if metrics else 0  # prompts rolled out so far
     bar = tqdm(total=config.steps, initial=step, desc="PPO", disable=not config.progress)
     batches = iterate_batches(prompts, config.batch_size, config.seed, start_step=step)  # seeded epochs of prompts
     try:
@@ -355,7 +376,6 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn, co
             batch = next(batches)
             seed = config.seed * 1_000_003 + step  # samples and shuffles depend on (seed, step) only
             kl_coef = kl_ctl.value
-            policy.train()
             roll = rollout(policy, value_head, ref_model, tokenizer, batch.items, score_fn, config, kl_coef, seed,
                            state["score_stats"])
             if not torch.isfinite(roll["raw_scores"]).all():
@@ -363,10 +383,11 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn, co
                 raise FloatingPointError(f"score_fn gave a non-finite score at step {step + 1} for prompts "
                                          f"{[batch.rows[i] for i in bad][:8]}: inspect the reward on those")
             state["score_stats"] = roll["score_stats"]
-            stats = ppo_update(trainable, optimizer, roll, config, step, seed)
+            stats = ppo_update(trainable, optimizer, roll, config, step, seed, batch.rows)
             sequence_kl = roll["kl"].sum(1)  # Σ_t log π_θ(y_t) − log π_ref(y_t): unbiased for KL(π ‖ π_ref)
             scores, lengths = roll["scores"], roll["response_mask"].sum(1).float()  # s̃: normalised, penalised
-            row = {"step": step + 1, "episode": (step + 1) * config.batch_size,
+            episodes += len(batch.items)  # the last batch of an epoch of prompts may be short
+            row = {"step": step + 1, "episode": episodes,
                    "objective/kl": sequence_kl.mean().item(),
                    "objective/entropy": roll["entropy"].sum(1).mean().item(),
                    "objective/non_score_reward": (-kl_coef * sequence_kl).mean().item(),
@@ -375,7 +396,7 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn, co
                    "objective/kl_coef": kl_coef, **stats,
                    "val/num_eos_tokens": int(roll["has_eos"].sum()), "val/response_length": lengths.mean().item(),
                    "learning_rate": config.lr}
-            kl_ctl.update(row["objective/kl"], config.batch_size)  # β for the next rollout
+            kl_ctl.update(row["objective/kl"], len(batch.items))  # β for the next rollout
             step += 1
             if eval_fn is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
                 row.update(eval_fn())

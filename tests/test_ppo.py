@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import string
 
 import pytest
@@ -17,6 +18,7 @@ from dpo_edu.ppo import (AdaptiveKLController, FixedKLController, PPOConfig, Val
                          train_ppo, whiten)
 from dpo_edu.presets import PRESETS
 from dpo_edu.reward_model import RewardModel, score
+from dpo_edu.training import iterate_batches
 
 PROMPTS = ["The movie was", "I", "This film is a", "Acting", "What a", "Not", "The plot", "One of the best"]
 
@@ -266,6 +268,8 @@ def test_high_lr_changes_every_parameter_and_raises_the_reward(tiny_lm, one_thre
                            value_head=value_head)
     unchanged = [name for name, p in trained.named_parameters() if torch.equal(p, before[name])]
     assert not unchanged
+    # ... but no weight decay: the last position's embedding, never reached by ≤ 12-token rows, has stayed put
+    assert torch.equal(trained.transformer.wpe.weight[-1], before["transformer.wpe.weight"][-1])
     assert (value_head.linear.weight != 0).all() and (value_head.linear.bias != 0).all()
 
     def mean_reward(model):  # 128 fresh samples, the same seed for both models
@@ -282,11 +286,13 @@ def test_high_lr_changes_every_parameter_and_raises_the_reward(tiny_lm, one_thre
 
 
 def test_adaptive_coefficient_moves_between_steps_as_the_controller_says(tiny_lm, one_thread):
-    _, metrics = _train(tiny_lm, _config(lr=1e-2, steps=4, target_kl=0.5, kl_horizon=50))
+    config = _config(lr=1e-2, steps=4, target_kl=0.5, kl_horizon=50, batch_size=12, mini_batch_size=6)
+    _, metrics = _train(tiny_lm, config)  # 32 prompts in rollouts of 12, 12, 8 (the epoch's rest), 12
+    assert [row["episode"] for row in metrics] == [12, 24, 32, 44]
     controller = AdaptiveKLController(0.1, 0.5, 50)
-    for row in metrics:
+    for row, rollout_size in zip(metrics, [12, 12, 8, 12]):
         assert row["objective/kl_coef"] == controller.value  # β used by this step's rewards
-        controller.update(row["objective/kl"], 16)
+        controller.update(row["objective/kl"], rollout_size)  # n: the episodes of this rollout
     assert metrics[0]["objective/kl_coef"] != metrics[-1]["objective/kl_coef"]
     fixed = _train(tiny_lm, _config(lr=1e-2, steps=3))[1]
     assert {row["objective/kl_coef"] for row in fixed} == {0.1}
@@ -299,10 +305,21 @@ def test_non_finite_loss_names_the_step_and_the_minibatch(tiny_lm, one_thread):
         with torch.no_grad():
             value_head.linear.weight.fill_(math.nan)
 
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step 2 \(epoch 0, batch 0"):
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 2 \(epoch 0, batch 0") as error:
         _train(tiny_lm, _config(log_every=1), callback=poison, value_head=value_head)
+    named = [int(r) for r in re.search(r"rows \[([\d, ]+)\]", str(error.value)).group(1).split(", ")]
+    step_2_prompts = next(iterate_batches(PROMPTS * 4, 16, seed=0, start_step=1)).rows
+    assert len(named) == 8 and set(named) <= set(step_2_prompts)  # the minibatch's prompts, not rollout rows
     with pytest.raises(FloatingPointError, match=r"non-finite score at step 1"):
         _train(tiny_lm, _config(), score_fn=lambda texts: torch.full((len(texts),), math.nan))
+
+
+def test_a_reward_without_spread_on_pi_ref_cannot_be_normalised(tiny_lm, one_thread):
+    constant = lambda texts: torch.ones(len(texts))  # noqa: E731  (σ₀ = 0: s̃ = 0/0)
+    with pytest.raises(ValueError, match=r"16 score\(s\) have no spread \(σ₀ = 0\).*normalize_scores=False"):
+        _train(tiny_lm, _config(steps=1), score_fn=constant)
+    _, metrics = _train(tiny_lm, _config(steps=1, normalize_scores=False), score_fn=constant)
+    assert metrics[0]["objective/scores"] == 1.0
 
 
 def test_resume_equals_the_uninterrupted_run_and_the_seed_fixes_it(tiny_lm, tmp_path, one_thread):
@@ -344,7 +361,7 @@ def test_eval_fn_and_callback_cadence(tiny_lm, one_thread):
 
 @pytest.mark.parametrize("field, value", [("lr", 0.0), ("batch_size", 0), ("mini_batch_size", 0), ("gamma", 1.5),
                                           ("lam", -0.1), ("kl_coef", -1.0), ("target_kl", 0.0), ("cliprange", 0),
-                                          ("temperature", 0.0), ("steps", 0)])
+                                          ("temperature", 0.0), ("steps", 0), ("missing_eos_penalty", math.nan)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{field: value})
