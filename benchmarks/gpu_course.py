@@ -30,10 +30,17 @@ def stage_rows(out: Path) -> list[dict]:
     summary = json.loads((out / "summary.json").read_text())
     rows = [{"stage": f"notebook {name[:2]} (all of it)", "seconds": entry["seconds"]}
             for name, entry in summary["notebooks"].items()]
-    stages = sorted(out.rglob("cost.json"), key=lambda path: (path.parent.parent != out, path.as_posix()))
-    for cost_file in stages:  # reward_model/ first, then dpo/beta_*, ppo/target_*
+    stages = sorted(out.rglob("cost.json"), key=lambda path: _running_order(path.parent.relative_to(out)))
+    for cost_file in stages:
         rows.append({"stage": cost_file.parent.relative_to(out).as_posix(), **json.loads(cost_file.read_text())})
     return rows
+
+
+def _running_order(stage: Path) -> tuple:
+    """reward_model/ first, then dpo/beta_* and ppo/target_* by their number (target_2 before target_16)."""
+    number = stage.name.rpartition("_")[2]
+    value = float(number) if number.replace(".", "", 1).isdigit() else 0.0
+    return len(stage.parts), stage.parent.as_posix(), value, stage.name
 
 
 def timing_table(rows: list[dict]) -> str:

@@ -9,9 +9,12 @@ fairly across machines:
     cost.summary()   # {"seconds", "forward_tokens", "backward_tokens", "peak_memory_mb"}
 
 A forward pass counts the ``input_ids`` it reads (one new token per row per step when sampling with
-the KV cache); it also counts as backward tokens when it runs with gradients enabled. Peak memory is the
-CUDA allocator's peak when the models are on a GPU, else the process's resident memory sampled every 20 ms
-(memory that a paused evaluation leaves allocated still counts on a CPU: the process keeps it).
+the KV cache); it also counts as backward tokens when it runs with gradients enabled.
+
+Peak memory: on a GPU, the CUDA allocator's peak (the models' weights included). On a CPU, the process's
+resident memory holds everything else the notebook loaded too, so the meter reports the models' weights plus
+the peak *growth* of resident memory above its level at entry (sampled every 20 ms): gradients, optimiser
+state, activations, samples. Memory that a paused evaluation leaves allocated still counts on a CPU.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class CostMeter:
         # caller deletes mid-run (DPO's π_ref after the precompute) is freed, not kept alive by the meter.
         self._bodies = [weakref.ref(getattr(m, "base_model", m)) for m in models]
         self._cuda = any(p.is_cuda for m in models for p in m.parameters())
+        self.weights_mb = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**20
         self.forward_tokens = self.backward_tokens = 0
         self.seconds = self.peak_memory_mb = 0.0
         self._hooks, self._paused = [], False
@@ -77,10 +81,14 @@ class CostMeter:
             if torch.is_grad_enabled():
                 self.backward_tokens += ids.numel()
 
+    def _record_resident_peak(self) -> None:
+        # weights + growth above the entry level: what the run holds, not what the notebook held before
+        self.peak_memory_mb = max(self.peak_memory_mb, self.weights_mb + max(0.0, resident_mb() - self._entry_mb))
+
     def _sample_memory(self):
         while not self._stop.wait(0.02):
             if not self._paused:
-                self.peak_memory_mb = max(self.peak_memory_mb, resident_mb())
+                self._record_resident_peak()
 
     def __enter__(self) -> "CostMeter":
         bodies = [body for body in (ref() for ref in self._bodies) if body is not None]
@@ -88,7 +96,8 @@ class CostMeter:
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
-            self.peak_memory_mb = max(self.peak_memory_mb, resident_mb())
+            self._entry_mb = resident_mb()
+            self._record_resident_peak()
             self._stop = threading.Event()
             self._sampler = threading.Thread(target=self._sample_memory, daemon=True)
             self._sampler.start()
@@ -104,7 +113,7 @@ class CostMeter:
         else:
             self._stop.set()
             self._sampler.join()
-            self.peak_memory_mb = max(self.peak_memory_mb, resident_mb())
+            self._record_resident_peak()
 
     def summary(self) -> dict[str, float]:
         return {

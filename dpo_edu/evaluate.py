@@ -38,7 +38,7 @@ def evaluate_policy(
     ref_model,
     tokenizer,
     prompts: Sequence[str],
-    reward: Callable[[list[str]], Tensor],
+    reward: Callable[[list[str]], Tensor | Sequence[float]],
     max_new_tokens: int,
     temperature: float = 1.0,
     seed: int = 0,
@@ -58,7 +58,7 @@ def evaluate_policy(
     texts, ids, mask = generate(
         policy, tokenizer, prompts, max_new_tokens, temperature, seed=seed, batch_size=batch_size, return_ids=True
     )
-    rewards = reward([p + c for p, c in zip(prompts, texts)]).float()
+    rewards = torch.as_tensor(reward([p + c for p, c in zip(prompts, texts)]), dtype=torch.float32)  # or a list
     exact, sampled = [], []
     for start in range(0, len(prompts), kl_batch_size):
         rows = range(start, min(start + kl_batch_size, len(prompts)))

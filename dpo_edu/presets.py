@@ -224,7 +224,8 @@ PRESETS = {
         ppo_lr=1.41e-5,
         ppo_kl_coef=0.1,
         ppo_target_kl=6.0,
-        ppo_kl_horizon=10_000,
+        ppo_kl_horizon=640,  # β may move up to 0.2 · 64/640 = 2 % a step (at 10,000, 0.13 %: over 200 steps the
+        # targets would share one β path until the KL neared them, a fixed-β sweep in all but name)
         dpo_beta_sweep=(0.05, 0.1, 0.5, 1.0),
         ppo_target_sweep=(2.0, 4.0, 8.0, 16.0),
     ),

@@ -22,7 +22,9 @@
 #
 # - **RLHF**: fit a reward model $r_\phi$ to the pairs (done in 04), then maximise
 #   $\mathbb E[r_\phi] - \beta\,\mathrm{KL}(\pi\|\pi_\text{ref})$ with **PPO**: sample, score, estimate advantages
-#   with a value head, take clipped policy-gradient steps, adapt β to hit a target KL.
+#   with a value head, take clipped policy-gradient steps, adapt β to hit a target KL. (PPO first divides
+#   $r_\phi - \mu_0$ by its spread $\sigma_0$ on $\pi_\text{ref}$'s samples, so its β is in units of $\sigma_0$:
+#   not comparable to DPO's β. Compare the runs by their KL instead.)
 # - **DPO**: minimise $-\log\sigma\big(\beta\log\frac{\pi(y_w)}{\pi_\text{ref}(y_w)} - \beta\log\frac{\pi(y_l)}{\pi_\text{ref}(y_l)}\big)$
 #   on the pairs directly (notebook 03): no reward model, no sampling during training.
 #
@@ -135,8 +137,8 @@ plots.plot_training_curves(
 )
 
 # %% [markdown]
-# DPO's per-step log-probabilities are noisy from batch to batch, so the last panel draws each faint,
-# under its mean over 20 steps: solid is chosen, dashed rejected, one colour per β.
+# DPO's per-step log-probabilities are noisy from batch to batch, so the last panel draws a long curve
+# (100 steps or more) faint, under its mean over 20 steps: solid is chosen, dashed rejected, one colour per β.
 #
 # **How PPO steers its KL.** The adaptive controller (Ziegler et al., 2019) multiplies β by
 # $1 + \text{clip}(\mathrm{KL}/\mathrm{KL}_\text{target} - 1, \pm 0.2)\cdot n/H$ after every rollout of $n$
@@ -144,9 +146,11 @@ plots.plot_training_curves(
 # percent a step. Early on, before the policy has found what the reward model likes, the KL sits below
 # target and β keeps falling; when the policy finds it, the KL can overshoot while β climbs back. Below:
 # the KL of each rollout, β, and the fraction of tokens whose probability ratio PPO clipped. A healthy run
-# clips a few percent. With a learning rate too high for the batch (clip fraction ~0.25 at `cpu` with
-# 1e-4), noisy updates wander away from $\pi_\text{ref}$ whatever the penalty: the KL reached 3 even at
-# a fixed β of 2, where the optimum stays near $\pi_\text{ref}$.
+# clips a few percent. With a learning rate too high for the batch, noisy updates wander away from
+# $\pi_\text{ref}$ whatever the penalty. While tuning the `cpu` preset we measured it: at a learning rate of
+# 1e-4 PPO clipped ~25 % of tokens and the KL reached 3 even at a fixed β of 2, where the optimum stays near
+# $\pi_\text{ref}$; at 3e-5 (the preset's) it clips ~3 %. *Try it:* `PRESET_OVERRIDES = {"ppo_lr": 1e-4}`
+# (only the PPO runs are rebuilt; SFT, the pairs, the reward model and DPO are reused).
 
 # %%
 plots.plot_training_curves(
@@ -207,7 +211,10 @@ table
 # *samples* completions token by token, then scores them with the reward model and $\pi_\text{ref}$ and
 # runs several epochs of updates. DPO adds one pass of $\pi_\text{ref}$ over the pairs and plain supervised
 # steps. Token passes (forward, and backward through the trained model) count the compute on any
-# machine; wall-clock and peak memory are this machine's. Evaluations are left out of both.
+# machine; wall-clock and peak memory are this machine's. The evaluations on held-out prompts are left out
+# of both (the reward model's row includes its small held-out pair check). Peak memory is, on a GPU, the
+# allocator's peak; on a CPU, the weights of the run's models plus what the run added to the process
+# (gradients, optimiser state, activations, samples), not what the notebook held before.
 
 # %%
 rm_cost = pipeline.stage_cost(run_dir / "reward_model")

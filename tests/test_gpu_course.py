@@ -27,6 +27,16 @@ def test_table_has_both_notebooks_and_every_metered_stage(ci_course_run):
     assert float(reward_model_line[1].replace(",", "")) == pytest.approx(rows[2]["seconds"], abs=0.05)  # 1 decimal
 
 
+def test_stages_follow_the_running_order_with_sweeps_in_numeric_order(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"notebooks": {"04_gpt2_preferences": {"seconds": 1.0}}}))
+    for stage in ("ppo/target_16", "ppo/target_2", "dpo/beta_0.5", "dpo/beta_0.05", "reward_model"):
+        (tmp_path / stage).mkdir(parents=True)
+        (tmp_path / stage / "cost.json").write_text(json.dumps({"seconds": 1.0}))
+    stages = [row["stage"] for row in gpu_course.stage_rows(tmp_path)]
+    assert stages == ["notebook 04 (all of it)", "reward_model", "dpo/beta_0.05", "dpo/beta_0.5", "ppo/target_2",
+                      "ppo/target_16"]
+
+
 def test_gpt2_without_a_gpu_says_how_to_dry_run(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(SystemExit, match="--preset ci --offline"):

@@ -126,8 +126,9 @@ def test_05_puts_both_methods_on_the_frontier(language_model_run):
     for run in runs:
         assert sum(point["run"] == run for point in points) == 3, run  # N_EVALS points per run
     assert all(point["KL"] > 0 and 0 < point["reward"] < 1 for point in points)  # every run moved off π_ref
-    for method in ("dpo", "ppo"):
-        best = records[f"{method}_best_reward_at_kl"]
-        assert best == max(p["reward"] for p in points if p["run"].lower().startswith(method) and p["KL"] <= 5.0)
+    for method in ("dpo", "ppo"):  # each improves on π_ref within the KL bound (seeded: the same every run)
+        bounded = [p["reward"] for p in points if p["run"].lower().startswith(method) and p["KL"] <= 5.0]
+        assert bounded, f"no {method} evaluation within KL 5"
+        assert records[f"{method}_best_reward_at_kl"] == max(bounded) > records["sft_reward"], method
     # RLHF samples, scores and updates with a value head; DPO takes supervised steps on fixed pairs.
     assert records["cost_ratio_forward_tokens"] > 1 and records["cost_ratio_seconds"] > 1

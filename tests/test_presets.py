@@ -6,6 +6,7 @@ No test touches the network: the Hub probe and CUDA are monkeypatched.
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 
 import pytest
@@ -49,6 +50,15 @@ def test_every_preset_is_named_by_its_key_and_ci_is_the_smallest():
             value = getattr(preset, field)
             assert isinstance(value, int) and value > 0, (key, field)
             assert getattr(presets.PRESETS["ci"], field) <= value, (key, field)
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_presets_kl_controller_can_separate_its_targets(name):
+    """Within its PPO run, the adaptive controller can move β by a factor e or more (β(1 + 0.2 n/H) a step at
+    most): a horizon too long for the run leaves every target of the sweep on the same β path."""
+    preset = presets.PRESETS[name]
+    most_per_step = math.log(1 + 0.2 * preset.ppo_batch_size / preset.ppo_kl_horizon)
+    assert preset.ppo_steps * most_per_step >= 1.0, (name, preset.ppo_steps * most_per_step)
 
 
 def test_presets_are_frozen():
