@@ -14,11 +14,13 @@ the KV cache); it also counts as backward tokens when it runs with gradients ena
 Peak memory: on a GPU, the CUDA allocator's peak (the models' weights included). On a CPU, the process's
 resident memory holds everything else the notebook loaded too, so the meter reports the models' weights plus
 the peak *growth* of resident memory above its level at entry (sampled every 20 ms): gradients, optimiser
-state, activations, samples. Memory that a paused evaluation leaves allocated still counts on a CPU.
+state, activations, samples. Growth shows only if memory freed earlier is not simply reused, so the meter first
+hands the C heap's free pages back to the system (glibc's ``malloc_trim``), at entry and after each pause.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -38,6 +40,14 @@ def resident_mb() -> float:
         return int(_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError):
         return 0.0
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim(0)``; elsewhere, nothing)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): resident memory may then hide reused memory
+        pass
 
 
 class CostMeter:
@@ -67,6 +77,8 @@ class CostMeter:
             self._paused = False
             if self._cuda:
                 torch.cuda.reset_peak_memory_stats()
+            else:
+                release_free_memory()  # what the pause freed, or the run would reuse it unseen
             self.seconds -= time.perf_counter() - start
 
     def _record_cuda_peak(self) -> None:
@@ -96,6 +108,7 @@ class CostMeter:
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
         else:
+            release_free_memory()
             self._entry_mb = resident_mb()
             self._record_resident_peak()
             self._stop = threading.Event()

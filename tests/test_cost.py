@@ -93,6 +93,19 @@ def test_cpu_peak_is_the_weights_plus_what_the_run_adds_not_what_the_process_hel
     del before
 
 
+def test_cpu_peak_sees_memory_that_an_earlier_run_freed_and_this_one_reuses():
+    def churn():  # 200 tensors of 256 KiB, 50 MiB in all: below glibc's mmap threshold, from the heap
+        held = [torch.ones(64, 1024) for _ in range(200)]
+        time.sleep(0.1)
+        return held
+
+    for _ in range(3):
+        churn()  # freed into the heap, where the next allocation would find it without growing
+    with CostMeter(torch.nn.Linear(8, 8)) as cost:
+        churn()
+    assert cost.peak_memory_mb > 45
+
+
 def test_a_paused_block_adds_no_resident_memory_peak(tiny_lm):
     with CostMeter(tiny_lm[0]) as cost:
         baseline = cost.peak_memory_mb
