@@ -74,11 +74,11 @@ class CostMeter:
         try:
             yield
         finally:
-            self._paused = False
             if self._cuda:
                 torch.cuda.reset_peak_memory_stats()
             else:
                 release_free_memory()  # what the pause freed, or the run would reuse it unseen
+            self._paused = False  # after the release: the sampler never sees the pause's freed memory
             self.seconds -= time.perf_counter() - start
 
     def _record_cuda_peak(self) -> None:

@@ -206,7 +206,8 @@ def dpo_run(preset: Preset, run_dir, beta: float, tokenizer, train_pairs, prompt
     """One DPO run from π_ref at ``beta``, evaluated ``n_evals`` times on ``prompts``; cached in ``dpo/beta_*``.
 
     Returns ``{"metrics", "samples", "cost"}``; the cost counts the reference precompute and training,
-    not the evaluations (both pipelines share those).
+    not the evaluations (both pipelines share those). A run resumed from its checkpoint counts only what ran
+    after the resume: delete its folder and run it again to measure it whole.
     """
     run_dir = Path(run_dir)
     config = dpo.DPOConfig.from_preset(preset, beta=beta, seed=seed, eval_batch_size=max(len(prompts), 1))
@@ -239,7 +240,8 @@ def ppo_run(preset: Preset, run_dir, target_kl: float | None, tokenizer, train_p
     """One PPO run from π_ref against the reward model (or, ``ground_truth=True``, the true reward: PPO-GT),
     steering the KL toward ``target_kl`` (None: the preset's fixed β); cached in ``ppo/...``.
 
-    Returns ``{"metrics", "samples", "cost"}``; the cost counts the rollouts and updates, not the evaluations.
+    Returns ``{"metrics", "samples", "cost"}``; the cost counts the rollouts and updates, not the evaluations
+    (and, like ``dpo_run``'s, only what ran after a resume).
     """
     run_dir = Path(run_dir)
     config = ppo.PPOConfig.from_preset(preset, target_kl=target_kl, seed=seed)
