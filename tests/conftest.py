@@ -65,5 +65,7 @@ def ci_course_run(tmp_path_factory):
     what 04 built), through ``dpo-edu run``'s code path: executed notebooks, summary.json and every cached
     stage, so a later run of 05 (the browser test's) only loads. About 2 minutes on 2 idle cores."""
     out = tmp_path_factory.mktemp("ci_course_run")
-    run_course("ci", out, ["04_gpt2_preferences", "05_rlhf_vs_dpo"])
+    with pytest.MonkeyPatch.context() as patch:  # the thread count of the pinned trajectories (test_trajectories)
+        patch.setenv("OMP_NUM_THREADS", str(load_script("scripts/pin_trajectories.py").THREADS))
+        run_course("ci", out, ["04_gpt2_preferences", "05_rlhf_vs_dpo"])
     return out
