@@ -1,9 +1,10 @@
 """The ``dpo-edu`` command line.
 
-    dpo-edu run [--preset ci|cpu|gpt2|auto] [--out FOLDER] [--set FIELD=VALUE ...] [NOTEBOOK ...]
+    dpo-edu run [--preset ci|cpu|gpt2|auto] [--out FOLDER] [--set SECTION.FIELD=VALUE ...] [NOTEBOOK ...]
         execute the course (all notebooks, or those named) headless with papermill into a run
         folder, then write summary.json with every value the notebooks recorded; --set replaces a
-        preset field (e.g. --set ppo_steps=8; the fields are documented in dpo_edu/presets.py);
+        preset field by its dotted name (e.g. --set ppo.steps=8 --set dpo.loss_type=ipo; each field
+        is documented beside its config, listed in dpo_edu/presets.py);
     dpo-edu check
         report the environment: torch, device, Hub reachability, the preset ``auto`` would pick;
     dpo-edu student [--out FOLDER] [--no-run-tests]
@@ -46,15 +47,12 @@ def course_notebooks(names: list[str] | None = None) -> list[Path]:
 
 
 def preset_overrides(assignments: list[str]) -> dict:
-    """``["ppo_steps=8", "model='gpt2'"]`` → ``{"ppo_steps": 8, "model": "gpt2"}``, fields checked against Preset's."""
-    from .presets import Preset
-
+    """``["ppo.steps=8", "model.name='gpt2'"]`` → ``{"ppo.steps": 8, "model.name": "gpt2"}``."""
     overrides = {}
     for assignment in assignments:
         field, sep, text = assignment.partition("=")
-        if not sep or field not in Preset.__dataclass_fields__:
-            raise SystemExit(f"--set {assignment!r}: expected FIELD=VALUE with FIELD a preset field "
-                             f"({', '.join(Preset.__dataclass_fields__)})")
+        if not sep:
+            raise SystemExit(f"--set {assignment!r}: expected SECTION.FIELD=VALUE, such as ppo.steps=8")
         try:
             value = ast.literal_eval(text)  # numbers, True/False, None, tuples, lists, quoted strings
         except (ValueError, SyntaxError):
@@ -72,6 +70,12 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
     """
     import papermill
 
+    from .presets import get_preset
+
+    try:  # every override checked before any notebook runs
+        get_preset(preset, overrides, verbose=False)
+    except ValueError as error:
+        raise SystemExit(f"--set: {error}") from None
     out.mkdir(parents=True, exist_ok=True)
     notebooks = course_notebooks(names)
     summary = {"preset": preset, "overrides": overrides or {}, "notebooks": {}}
@@ -105,7 +109,8 @@ def check() -> None:
     """Print what the course will run on."""
     import torch
 
-    from .presets import choose_auto, hub_reachable
+    from .models import hub_reachable
+    from .presets import choose_auto
 
     print(f"python   {sys.version.split()[0]}")
     print(f"torch    {torch.__version__}")
@@ -124,8 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--preset", default="cpu", choices=["ci", "cpu", "gpt2", "auto"])
     run.add_argument("--out", type=Path, help="run folder (default: runs/PRESET)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                     help="replace a preset field, e.g. --set ppo_steps=8 (repeatable)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                     help="replace a preset field, e.g. --set ppo.steps=8 --set dpo.loss_type=ipo "
+                          "(repeatable; the fields: dpo_edu/presets.py)")
     commands.add_parser("check", help="report torch, device, Hub reachability and the preset 'auto' picks")
     student = commands.add_parser("student", help="build the autograded assignments (student notebooks, autograders)")
     student.add_argument("--out", type=Path, default=Path("dist/assignments"), help="default: dist/assignments")

@@ -27,6 +27,20 @@ _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """The IMDb reviews a run reads."""
+
+    reviews: int = 400  # IMDb reviews read: the tokenizer, SFT and every prompt come from them
+    eval_fraction: float = 0.1  # of them, held out: SFT perplexity and the evaluation prompts
+
+    def __post_init__(self):
+        if not isinstance(self.reviews, int) or isinstance(self.reviews, bool) or self.reviews < 20:
+            raise ValueError(f"reviews must be an int ≥ 20, got {self.reviews!r}")
+        if not (isinstance(self.eval_fraction, float) and 0 < self.eval_fraction < 1):
+            raise ValueError(f"eval_fraction must be a float in (0, 1), got {self.eval_fraction!r}")
+
+
+@dataclass(frozen=True)
 class Review:
     text: str  # the review, with <br /> tags removed and whitespace collapsed
     label: int  # 1 = positive, 0 = negative (IMDb's labels)

@@ -1,61 +1,30 @@
-"""Direct Preference Optimization (DPO): the policy learns from preference pairs, no reward model, no RL.
+"""Direct Preference Optimization (DPO paper §4, Eq. 7): preference pairs train the policy directly.
 
-DPO paper (Rafailov et al., 2023), §4: the KL-constrained objective max E[r] − β KL(π ‖ π_ref) has the
-optimum π*(y|x) = π_ref(y|x) exp(r(x, y)/β) / Z(x), so r(x, y) = β log π*(y|x)/π_ref(y|x) + β log Z(x).
-Put into the Bradley–Terry likelihood of a pair, Z(x) cancels and the reward-model loss becomes a loss on
-the policy itself (Eq. 7):
+    L_DPO(π_θ; π_ref) = −E [log σ(β log π_θ(y_w|x)/π_ref(y_w|x) − β log π_θ(y_l|x)/π_ref(y_l|x))]
 
-    L_DPO(π_θ; π_ref) = −E_(x,y_w,y_l) [log σ(β log π_θ(y_w|x)/π_ref(y_w|x) − β log π_θ(y_l|x)/π_ref(y_l|x))]
-
-§5 reads its gradient: raise log π(y_w|x), lower log π(y_l|x), each pair weighted by σ(r̂_l − r̂_w), how
-wrongly the implicit reward r̂ = β log π_θ/π_ref orders it (``losses.dpo_gradient_weight``).
-
-How this trainer computes it; every choice is TRL's ``DPOTrainer``'s, and tests/test_dpo_trl_oracle.py
-checks that loss and metrics agree with TRL 1.16 to 1e-5:
-
-- π_ref is frozen, so log π_ref(y|x) is computed ONCE per pair before training
-  (``precompute_reference_logps``; TRL's ``precompute_ref_log_probs``). Training then holds one model,
-  not two: delete the reference after the precompute. Each step is one forward + backward of π_θ.
-- log π(y|x) is the sum over the response tokens, in float32 (as ``models.sequence_logps``). Every
-  response ends with EOS, as in TRL, so the policy also learns where to stop. Prompt and response are
-  tokenized separately, so the tokens scored are the response's own; TRL tokenizes prompt ⊕ response
-  and splits where it departs from the prompt's tokens. Both agree whenever no BPE merge crosses the
-  boundary, e.g. when the response starts with a space.
-- chosen and rejected share ONE forward pass: the batch is [x ⊕ y_w rows ; x ⊕ y_l rows], right-padded as
-  TRL's collator, and the LM head runs only where a response token is predicted (``response_logps``).
-  On a CPU, ``length_buckets=k`` cuts the rows, sorted by length, into k passes: less padding computed.
-- a row over ``max_length`` tokens is cut at its end (TRL's ``keep_start``: the EOS is lost); a pair
-  whose prompt alone fills ``max_length`` is dropped. Both are counted in a ``data.Report``.
-- IPO (Azar et al., 2023, Eq. 17) is length-normalised as in TRL 1.16: the log-ratios are averaged over
-  the response tokens, so that (u − 1/2β)² does not grow with the length of the responses. The logged
-  rewards stay β × the summed log-ratios, for every loss type (TRL's metrics).
-
-    pairs, report = precompute_reference_logps(ref_model, tokenizer, pairs, config)   # once
-    del ref_model                                                                       # frees its memory
-    policy, metrics = train_dpo(policy, tokenizer, pairs, config, eval_fn=make_eval_fn(...))
+log π_ref of every pair is computed once before training; chosen and rejected share one forward pass.
+Each choice is TRL ``DPOTrainer``'s (tests/test_dpo_trl_oracle.py): docs/notes.md#dpo.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .data import PAIR_FIELDS, Report
-from .evaluate import evaluate_policy
 from .losses import LOSS_TYPES, dpo_loss
-from .models import load_policy, position_ids_from_mask, token_ids
-from .training import TrainConfig, train_loop
+from .models import position_ids_from_mask, token_ids
+from .training import TrainConfig, minimize, train_loop
 from .validate import check_int, check_positive
 
 REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")  # added to each pair record by the precompute (TRL's names)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DPOConfig(TrainConfig):
     """DPO on precomputed reference log-probs; the shared fields are documented in ``TrainConfig``."""
 
@@ -68,9 +37,7 @@ class DPOConfig(TrainConfig):
     append_eos: bool = True  # end every response with EOS, as TRL: stopping is part of what is learned
     length_buckets: int = 1  # forward passes per step, rows sorted by length: less padding computed (pair_logps)
     ref_batch_size: int | None = None  # pairs per forward pass of the reference precompute; None: batch_size (TRL)
-    eval_max_new_tokens: int = 24  # tokens sampled per held-out prompt by make_eval_fn
-    eval_temperature: float = 1.0  # sampling temperature of make_eval_fn (1.0: the policy itself)
-    eval_batch_size: int = 64  # prompts (or pairs) per batch in make_eval_fn; with the seed it fixes the samples
+    eval_batch_size: int = 64  # pairs per forward pass in evaluate_pairs
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,23 +49,10 @@ class DPOConfig(TrainConfig):
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not {self.loss_type!r}")
         check_int("max_length", self.max_length, 2)  # one prompt token and one response token at least
-        for name in ("length_buckets", "eval_max_new_tokens", "eval_batch_size"):
+        for name in ("length_buckets", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
-        check_positive("eval_temperature", self.eval_temperature)
         if self.ref_batch_size is not None:
             check_int("ref_batch_size", self.ref_batch_size, 1)
-
-    @classmethod
-    def from_preset(cls, preset, **overrides) -> "DPOConfig":
-        """The preset's DPO sizes (``dpo_*`` fields, ``max_length``, sampling settings), any field overridden."""
-        sizes = {"epochs": preset.dpo_epochs, "batch_size": preset.dpo_batch_size, "lr": preset.dpo_lr,
-                 "beta": preset.dpo_beta, "warmup_steps": preset.dpo_warmup_steps, "max_length": preset.max_length,
-                 "length_buckets": preset.dpo_length_buckets, "eval_max_new_tokens": preset.max_new_tokens,
-                 "eval_temperature": preset.temperature}
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DPOConfig field(s) {sorted(unknown)}")
-        return cls(**{**sizes, **overrides})
 
 
 # --- tokens and batches -----------------------------------------------------------------------------------
@@ -294,7 +248,7 @@ def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None
     _check_fits(policy, config)
     rows = _reference_rows(tokenizer, pairs, config)  # tokenized once, not at every step
 
-    def step_fn(batch: list[dict]):
+    def loss_fn(batch: list[dict]):
         chosen, rejected, n_w, n_l = pair_logps(policy, tokenizer, batch, config.length_buckets)
         if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
             return chosen.sum() + rejected.sum(), {}  # non-finite: train_loop names the step and the batch
@@ -302,8 +256,8 @@ def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None
         ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in batch], device=chosen.device)
         return preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l, config)
 
-    metrics = train_loop(policy, rows, step_fn, config, callback=callback, checkpoint_dir=checkpoint_dir,
-                         eval_fn=eval_fn, desc="DPO")
+    metrics = train_loop(policy, rows, minimize(loss_fn, config.grad_accum_steps), config,
+                         callback=callback, checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, desc="DPO")
     return policy, metrics
 
 
@@ -327,51 +281,3 @@ def evaluate_pairs(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig |
     ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in rows], device=chosen.device)
     loss, metrics = preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l, config)
     return {"eval_loss": loss.item(), **{f"eval_{k}": v for k, v in metrics.items()}}
-
-
-def make_eval_fn(policy, tokenizer, config: DPOConfig, prompts: Sequence[str] = (), reward: Callable | None = None,
-                 ref=None, eval_pairs: Sequence[dict] | None = None) -> Callable[[], dict]:
-    """An ``eval_fn`` for ``train_dpo``: what the paper plots (Fig. 2), and held-out pair metrics.
-
-    With ``prompts``, ``reward`` and ``ref``: one sample per held-out prompt, scored by the ground-truth
-    ``reward`` (``eval/reward``) and its sequence KL(π ‖ π_ref) (``eval/kl``, ``eval/kl_sampled``,
-    ``eval/length``; ``evaluate.evaluate_policy``, same seed at every evaluation so the curves compare like
-    with like). The KL needs π_ref at evaluation time. ``ref`` is either
-
-    - a model: fastest, but it stays in memory for the whole run (two models, as TRL without precompute);
-    - a folder (``str`` / ``Path``, e.g. the SFT run folder): loaded at each evaluation onto the policy's
-      device and freed afterwards; memory is needed only while evaluating, at the price of one load each.
-
-    With ``eval_pairs`` (prepared by ``precompute_reference_logps``): ``eval_loss`` and
-    ``eval_rewards/...`` (``evaluate_pairs``); no reference model needed. The latest samples are kept in
-    ``eval_fn.samples`` (a list of dicts with prompt, completion, reward and KL).
-    """
-    if prompts and (reward is None or ref is None):
-        raise ValueError("evaluating on prompts needs a reward (the ground truth) and ref (model or folder)")
-    if not prompts and eval_pairs is None:
-        raise ValueError("give prompts (with reward and ref), eval_pairs, or both")
-
-    def reference() -> nn.Module:
-        if isinstance(ref, nn.Module):
-            return ref
-        if not Path(ref).is_dir():
-            raise ValueError(f"ref must be a model or a folder holding one, got {ref!r}")
-        device, dtype = policy.get_input_embeddings().weight.device, policy.get_input_embeddings().weight.dtype
-        with torch.random.fork_rng(devices=[]):  # loading must not move the training's random state
-            return load_policy(ref, tokenizer, device=str(device), dtype=str(dtype).removeprefix("torch.")).eval()
-
-    def eval_fn() -> dict:
-        metrics = {}
-        if eval_pairs is not None:
-            metrics.update(evaluate_pairs(policy, tokenizer, eval_pairs, config))
-        if prompts:
-            ref_model = reference()
-            result, eval_fn.samples = evaluate_policy(
-                policy, ref_model, tokenizer, list(prompts), reward, config.eval_max_new_tokens,
-                config.eval_temperature, seed=config.seed, batch_size=config.eval_batch_size)
-            del ref_model  # a folder's model is freed here; a model passed in lives on in the caller
-            metrics.update(result)
-        return metrics
-
-    eval_fn.samples = []
-    return eval_fn

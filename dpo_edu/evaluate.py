@@ -1,24 +1,22 @@
-"""Evaluating a policy as the DPO paper does (§6.1, Fig. 2): sample completions of held-out prompts,
-score them with the ground-truth reward, and measure how far the policy moved from π_ref.
+"""Evaluating a policy as the DPO paper does (§6.1, Fig. 2): sample held-out prompts, score the
+samples with the ground-truth reward, and measure the sequence KL(π ‖ π_ref) on them:
 
-Two estimates of the sequence KL(π ‖ π_ref) on the sampled responses y ~ π(·|x):
+    exact    Σ_t Σ_v π(v | x, y_<t) [log π(v | x, y_<t) − log π_ref(v | x, y_<t)]    (never negative)
+    sampled  Σ_t log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)                       (one sample)
 
-    exact per token   Σ_t Σ_v π(v | x, y_<t) [log π(v | x, y_<t) − log π_ref(v | x, y_<t)]
-    sampled           Σ_t log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)
-
-Both are unbiased for the sequence KL; the first sums each step's exact KL (never negative, lower
-variance), the second is the single-sample log-ratio (negative on some samples). Both are computed
-on the distribution actually sampled, softmax(logits / T).
+Both are unbiased for the sequence KL, on the distribution sampled: softmax(logits / T).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .models import encode_pairs, generate, next_token_logps
+from .models import encode_pairs, load_policy, next_token_logps
+from .sampling import Generation, generate
 
 
 @torch.no_grad()
@@ -39,25 +37,19 @@ def evaluate_policy(
     tokenizer,
     prompts: Sequence[str],
     reward: Callable[[list[str]], Tensor | Sequence[float]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
+    generation: Generation,
     seed: int = 0,
     batch_size: int = 64,
     kl_batch_size: int = 64,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Sample one completion per prompt (``batch_size`` rows at a time) and return (metrics, samples).
+    """``(metrics, samples)`` of one completion per prompt: ``eval/reward``, ``eval/kl`` (exact),
+    ``eval/kl_sampled`` and ``eval/length`` (response tokens, EOS included), means over the prompts.
 
-    The exact KL holds a few [rows, tokens, vocabulary] float32 tensors at once, so it runs
-    ``kl_batch_size`` rows at a time whatever the sampling batch (64 rows of gpt2's 50,257-token vocabulary
-    and ~55 tokens: ~0.7 GiB each; 400 at once would take ~20 GiB).
-
-    Metrics: ``eval/reward`` (mean ground-truth reward of prompt ⊕ completion), ``eval/kl`` (mean exact
-    sequence KL), ``eval/kl_sampled`` (mean sampled log-ratio) and ``eval/length`` (mean response tokens,
-    EOS included). Samples: one dict per prompt with its completion, reward and KL.
+    The exact KL runs ``kl_batch_size`` rows at a time (it holds [rows, tokens, vocab] tensors).
     """
-    texts, ids, mask = generate(
-        policy, tokenizer, prompts, max_new_tokens, temperature, seed=seed, batch_size=batch_size, return_ids=True
-    )
+    temperature = generation.temperature
+    texts, ids, mask = generate(policy, tokenizer, prompts, generation.max_new_tokens, temperature,
+                                seed=seed, batch_size=batch_size, return_ids=True)
     rewards = torch.as_tensor(reward([p + c for p, c in zip(prompts, texts)]), dtype=torch.float32)  # or a list
     exact, sampled = [], []
     for start in range(0, len(prompts), kl_batch_size):
@@ -79,3 +71,30 @@ def evaluate_policy(
         for p, c, r, k in zip(prompts, texts, rewards.tolist(), exact.tolist())
     ]
     return metrics, samples
+
+
+def make_eval_fn(policy, tokenizer, prompts: Sequence[str], reward: Callable, ref, generation: Generation,
+                 seed: int = 0, batch_size: int = 64) -> Callable[[], dict]:
+    """An ``eval_fn`` for ``train_loop``: :func:`evaluate_policy` with the same seed each time.
+
+    ``ref`` is π_ref, a model or a folder loaded at each evaluation and freed after (no second model
+    in memory while training). The latest samples are kept in ``eval_fn.samples``.
+    """
+    if not isinstance(ref, nn.Module) and not Path(ref).is_dir():
+        raise ValueError(f"ref must be a model or a folder holding one, got {ref!r}")
+
+    def reference() -> nn.Module:
+        if isinstance(ref, nn.Module):
+            return ref
+        weights = policy.get_input_embeddings().weight
+        with torch.random.fork_rng(devices=[]):  # loading must not move the training's random state
+            return load_policy(ref, tokenizer, device=str(weights.device),
+                               dtype=str(weights.dtype).removeprefix("torch.")).eval()
+
+    def eval_fn() -> dict:
+        metrics, eval_fn.samples = evaluate_policy(policy, reference(), tokenizer, list(prompts), reward,
+                                                   generation, seed=seed, batch_size=batch_size)
+        return metrics
+
+    eval_fn.samples = []
+    return eval_fn

@@ -1,34 +1,65 @@
-"""GPT-2 policies, their tokenizer, sequence log-probabilities and sampling.
+"""GPT-2 policies, their tokenizer, and the log-probabilities every loss reads (DPO paper §6.1).
 
-The DPO paper's controlled-sentiment task (§6.1) fine-tunes GPT-2 on IMDb and scores
-responses by log π(y|x) = Σ_t log π(y_t | x, y_<t), the sum over RESPONSE tokens only,
-which every loss in ``losses`` consumes. One code path serves every preset: the tiny GPT-2
-(``ci`` / ``cpu``) is built here, saved with ``save_pretrained`` and read back with
-``from_pretrained`` exactly like ``gpt2`` from the Hugging Face Hub.
+    log π(y|x) = Σ_t log π(y_t | x, y_<t)        over the RESPONSE tokens only, in float32
 
-The traps, each handled where the comment says so:
-
-- pad ≠ EOS: a dedicated ``<|pad|>`` token, never ``<|endoftext|>`` reused as padding.
-- left padding needs position ids computed from the attention mask.
-- the prompt/response boundary: logits at position t predict token t + 1.
-- log-probabilities in float32, whatever the weights' dtype.
-- temperature: logits are divided by T before the softmax.
+The tiny GPT-2 of ``ci``/``cpu`` is built here and read back through ``from_pretrained``, as ``gpt2``
+is from the Hub. The traps (pad ≠ EOS, left padding, the prompt/response boundary, float32,
+temperature) are handled where the comments say: docs/notes.md#models.
 """
 
 from __future__ import annotations
 
-import inspect
+import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .presets import Preset, hub_reachable
-from .validate import check_positive
+from .validate import check_int, check_positive
 
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's end-of-text, also its beginning-of-text
 PAD_TOKEN = "<|pad|>"  # our own padding token, distinct from EOS
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy a preset starts from: a Hub model, or random weights of these shapes."""
+
+    name: str = "tiny"  # "tiny": a GPT-2 built here; else a Hub id ("gpt2", "gpt2-large")
+    random_init: bool = True  # random weights + the local tokenizer (always for "tiny")
+    n_layer: int = 4  # transformer blocks (gpt2: 12)
+    n_head: int = 4  # attention heads per block; n_embd must be a multiple of it (gpt2: 12)
+    n_embd: int = 128  # width of the residual stream (gpt2: 768)
+    n_positions: int = 128  # longest sequence the model reads, prompt + response (gpt2: 1024)
+    vocab_size: int = 2000  # tokens of the byte-level BPE trained on the reviews (random_init only)
+    device: str = "cpu"  # "cpu" or "cuda"
+    dtype: str = "float32"  # dtype of the weights; log-probs are float32 whatever it is
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "n_positions"):
+            check_int(name, getattr(self, name), 1)
+        check_int("vocab_size", self.vocab_size, 258)  # 256 bytes + EOS + pad
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.name == "tiny" and not self.random_init:
+            raise ValueError("random_init must be True for model 'tiny': it has no pretrained weights")
+        if not isinstance(getattr(torch, str(self.dtype), None), torch.dtype):
+            raise ValueError(f"dtype must name a torch dtype such as 'float32', got {self.dtype!r}")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """True when the Hugging Face Hub answers on port 443 and HF_HUB_OFFLINE is not set."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False  # huggingface_hub's own rule
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int, save_dir=None, model_max_length: int = 1024):
@@ -66,18 +97,16 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, save_dir=None, model_
     return tokenizer
 
 
-def gpt2_config(preset: Preset, vocab_size: int, pad_token_id: int, eos_token_id: int):
-    """A ``GPT2Config`` of the preset's shapes (the ``gpt2`` preset's are GPT-2 small's)."""
+def gpt2_config(config: ModelConfig, vocab_size: int, pad_token_id: int, eos_token_id: int):
+    """A ``GPT2Config`` of the config's shapes (the ``gpt2`` preset's are GPT-2 small's)."""
     from transformers import GPT2Config
 
-    if preset.n_embd % preset.n_head:
-        raise ValueError(f"n_embd ({preset.n_embd}) must be a multiple of n_head ({preset.n_head})")
     return GPT2Config(
         vocab_size=vocab_size,
-        n_positions=preset.n_positions,
-        n_embd=preset.n_embd,
-        n_layer=preset.n_layer,
-        n_head=preset.n_head,
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
         # No dropout: then π_θ = π_ref exactly at the first step (DPO loss log 2), as TRL's disable_dropout.
         resid_pdrop=0.0,
         embd_pdrop=0.0,
@@ -88,11 +117,11 @@ def gpt2_config(preset: Preset, vocab_size: int, pad_token_id: int, eos_token_id
     )
 
 
-def build_model(preset: Preset, tokenizer, seed: int = 0):
-    """A randomly initialised ``GPT2LMHeadModel`` of the preset's shapes and the tokenizer's vocabulary."""
+def build_model(config: ModelConfig, tokenizer, seed: int = 0):
+    """A random ``GPT2LMHeadModel`` of the config's shapes and the tokenizer's vocabulary."""
     from transformers import GPT2LMHeadModel
 
-    config = gpt2_config(preset, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    config = gpt2_config(config, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
@@ -163,20 +192,14 @@ def save_policy(model, tokenizer, save_dir) -> Path:
     return save_dir
 
 
-def init_policy(preset: Preset, texts: Sequence[str], save_dir, seed: int = 0, cache_dir=None):
-    """``(policy, tokenizer)`` a preset starts from, before SFT.
-
-    ``gpt2``: the pretrained model from the Hub. ``tiny``, or any preset with ``random_init``: a tokenizer
-    trained on ``texts`` and random weights of the preset's shapes, saved in ``save_dir`` and read back
-    through ``load_pretrained``, the same code path as the Hub model.
-    """
-    if not preset.random_init:
-        if preset.model == "tiny":
-            raise ValueError("random_init must be True for model 'tiny': it has no pretrained weights")
-        return load_pretrained(preset.model, preset.device, preset.dtype, cache_dir)
-    tokenizer = train_tokenizer(texts, preset.vocab_size, model_max_length=preset.n_positions)
-    save_policy(build_model(preset, tokenizer, seed), tokenizer, save_dir)
-    return load_pretrained(save_dir, preset.device, preset.dtype)
+def init_policy(config: ModelConfig, texts: Sequence[str], save_dir, seed: int = 0, cache_dir=None):
+    """``(policy, tokenizer)`` before SFT: the Hub's pretrained model, or (``random_init``) a tokenizer
+    trained on ``texts`` and random weights, saved in ``save_dir`` and read back as the Hub's are."""
+    if not config.random_init:
+        return load_pretrained(config.name, config.device, config.dtype, cache_dir)
+    tokenizer = train_tokenizer(texts, config.vocab_size, model_max_length=config.n_positions)
+    save_policy(build_model(config, tokenizer, seed), tokenizer, save_dir)
+    return load_pretrained(save_dir, config.device, config.dtype)
 
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
@@ -260,96 +283,3 @@ def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_ma
     token_logps = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     scored = response_mask[:, 1:].to(logps.device).bool()
     return torch.where(scored, token_logps, 0.0).sum(-1)
-
-
-def sampling_probs(logits: Tensor, temperature: float) -> Tensor:
-    """Next-token distribution softmax(logits / T), in float32."""
-    temperature = check_positive("temperature", temperature)
-    # Temperature: p_i ∝ exp(z_i / T). T = 1 samples the policy itself (the π in every KL and log-prob);
-    # T < 1 sharpens towards greedy decoding as T → 0, T > 1 flattens towards uniform.
-    return torch.softmax(logits.float() / temperature, dim=-1)
-
-
-def _forward_cached(model, cache_name, input_ids, attention_mask, position_ids, cache):
-    """One forward pass that reuses and returns the KV cache (``past_key_values`` before transformers 5)."""
-    kwargs = {cache_name: cache, "use_cache": True}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-    return out.logits[:, -1], out[cache_name]
-
-
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 32,
-    return_ids: bool = False,
-    progress: bool | None = None,
-):
-    """Sampled completions of ``prompts`` (texts, without the prompt and without EOS).
-
-    ``temperature=0`` decodes greedily. A seed fixes the samples for a given ``batch_size``. With
-    ``return_ids``, also returns ``ids`` [n, max_new_tokens] (pad after a row's EOS) and ``mask``
-    (1 on generated tokens, EOS included: stopping is one of the policy's choices).
-    """
-    from tqdm.auto import tqdm
-
-    if temperature != 0:
-        check_positive("temperature", temperature)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    n_positions = getattr(model.config, "n_positions", None)
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    device = model.get_input_embeddings().weight.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    was_training = model.training
-    model.eval()
-    all_ids, all_mask = [], []
-    starts = range(0, len(prompts), batch_size)
-    try:
-        for start in tqdm(starts, desc="generate", disable=not progress if progress is not None else len(starts) < 2):
-            chunk = list(prompts[start : start + batch_size])
-            batch = encode_pairs(tokenizer, chunk, [[]] * len(chunk))  # left-padded prompts
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            if n_positions is not None and ids.shape[1] + max_new_tokens > n_positions:
-                raise ValueError(
-                    f"max_new_tokens ({max_new_tokens}) + the longest prompt ({ids.shape[1]} tokens) "
-                    f"exceeds the model's n_positions ({n_positions})"
-                )
-            positions = position_ids_from_mask(mask)  # left padding: positions count the real tokens only
-            cache, new, alive = None, [], []
-            done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-            for _ in range(max_new_tokens):
-                logits, cache = _forward_cached(model, cache_name, ids, mask, positions, cache)
-                if temperature == 0:
-                    token = logits.argmax(-1)
-                else:
-                    probs = sampling_probs(logits, temperature)
-                    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-                alive.append(~done)
-                token = torch.where(done, pad, token)  # a row that has stopped emits only pads (masked out)
-                new.append(token)
-                done = done | (token == eos)  # stop at EOS, row by row
-                if done.all():
-                    break
-                # KV cache: feed only the new token; the mask grows by one column, the position by one
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                ids, positions = token[:, None], positions[:, -1:] + 1
-            out = torch.full((len(chunk), max_new_tokens), pad, dtype=torch.long)
-            out_mask = torch.zeros((len(chunk), max_new_tokens), dtype=torch.long)
-            out[:, : len(new)] = torch.stack(new, dim=1).cpu()
-            out_mask[:, : len(new)] = torch.stack(alive, dim=1).long().cpu()
-            all_ids.append(out)
-            all_mask.append(out_mask)
-    finally:
-        model.train(was_training)
-    ids = torch.cat(all_ids) if all_ids else torch.empty(0, max_new_tokens, dtype=torch.long)
-    mask = torch.cat(all_mask) if all_mask else torch.empty(0, max_new_tokens, dtype=torch.long)
-    texts = [tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(ids, mask)]
-    return (texts, ids, mask) if return_ids else texts

@@ -1,16 +1,14 @@
-"""The run folder: each stage of the language-model pipeline, loaded when it is there, built when not.
+"""The run folder: the DPO paper's sentiment experiment (§6.1) as stages, each one ``stages.stage``.
 
-The DPO paper's controlled-sentiment experiment (§6.1) in stages, each saved under ``run_dir``:
+    sft/           π_ref: GPT-2 fine-tuned on IMDb reviews        → Reference
+    sentiment/     the ground-truth reward p(positive | text)     → a SentimentReward
+    samples/       k samples of π_ref per prefix                   (read by pairs/)
+    pairs/         every pair of them, labelled by the ground truth → Pairs
+    reward_model/  Bradley–Terry on the pairs (RLHF's first step)   → Trained
+    dpo/, ppo/     one folder per run                               → Trained
 
-    sft/           π_ref: GPT-2 fine-tuned on IMDb reviews (tokenizer, weights, metrics)
-    sentiment/     the ground-truth reward p(positive | text)
-    pairs/         4 samples of π_ref per prefix, all 6 pairs labelled by the ground-truth reward
-    reward_model/  a Bradley–Terry reward model trained on those pairs
-
-A stage is reused only when the ``settings.json`` it was saved with equals the settings asked for
-now (and written last, so an interrupted stage is never mistaken for a finished one); otherwise it is
-rebuilt, and the reason is printed. Notebook 04 runs the stages one by one with live curves; notebook 05
-calls the same functions and, on a run folder that 04 filled, only loads.
+Each function returns what later stages need, its ``Stage`` included; notebook 05 on a folder that
+notebook 04 filled only loads.
 """
 
 from __future__ import annotations
@@ -20,165 +18,172 @@ import math
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from . import data, dpo, models, ppo, preferences
 from .cost import CostMeter
+from .evaluate import make_eval_fn
 from .presets import Preset
-from .reward_model import RewardConfig, RewardModel, train_reward_model
-from .sentiment import SentimentReward, make_reward
-from .sft import SFTConfig, train_sft
-from .training import RESUMABLE_CHANGES, load_metrics, save_metrics
+from .reward_model import RewardModel, train_reward_model
+from .sentiment import TFIDF, SentimentReward, TfidfSentiment, make_reward
+from .sft import train_sft
+from .stages import CHECKPOINT, Stage, fingerprint, stage
+from .training import load_metrics, result_settings, save_metrics
 
-SETTINGS = "settings.json"
-METRICS = "metrics.jsonl"
-COST = "cost.json"
-SAMPLES = "samples.jsonl"
-EVAL_FRACTION = 0.1  # of the reviews, held out: SFT perplexity and the held-out prompts of notebook 05
+METRICS, COST, SAMPLES = "metrics.jsonl", "cost.json", "samples.jsonl"
+SFT_EVAL_TEXTS = 200  # held-out reviews for SFT's perplexity
 
 
-def _lm_settings(preset: Preset) -> dict:
-    """The preset fields that shape the policy and its tokenizer."""
-    names = ("model", "random_init", "n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_reviews", "dtype")
-    return {name: getattr(preset, name) for name in names}
+class Reference(NamedTuple):
+    policy: Any  # π_ref, in eval mode
+    tokenizer: Any
+    metrics: list[dict]  # SFT's, one row per step
+    stage: Stage
 
 
-def _config_settings(config) -> dict:
-    """A trainer config's fields that change results (not logging or checkpoint cadence)."""
-    return {key: value for key, value in asdict(config).items() if key not in RESUMABLE_CHANGES}
+class Pairs(NamedTuple):
+    train: list[dict]  # preference records of the training prefixes
+    eval: list[dict]  # those of the held-out prefixes
+    scored: list[dict]  # each prefix's completions with their ground-truth rewards
+    summary: preferences.PreferenceSummary
+    stage: Stage
 
 
-def cached_stage(folder: Path, settings: dict, build: Callable[[Path], None], name: str) -> bool:
-    """Run ``build(folder)`` unless ``folder`` holds a finished stage with these ``settings``.
-
-    Returns True when the stage was loaded from disk. ``settings.json`` is written after ``build``
-    returns, so a stage cut short is rebuilt next time.
-    """
-    saved = folder / SETTINGS
-    if saved.is_file():
-        old = json.loads(saved.read_text())
-        if old == settings:
-            print(f"{name}: reusing {folder}")
-            return True
-        changed = sorted(key for key in settings.keys() | old.keys() if old.get(key) != settings.get(key))
-        print(f"{name}: settings changed ({', '.join(changed)}); rebuilding {folder}")
-        saved.unlink()
-    else:
-        print(f"{name}: building {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
-    build(folder)
-    saved.write_text(json.dumps(settings, indent=1, sort_keys=True))
-    return False
+class Trained(NamedTuple):
+    model: Any  # the reward model; None for an alignment run (its policy is not kept)
+    metrics: list[dict]  # one row per step, evaluations merged
+    samples: list[dict]  # the last evaluation's samples ([] for the reward model)
+    cost: dict  # cost.CostMeter.summary(): seconds, token passes, peak memory
+    stage: Stage
 
 
 def imdb_splits(preset: Preset, seed: int = 0) -> tuple[list[data.Review], list[data.Review]]:
-    """``preset.n_reviews`` bundled IMDb reviews, split (seeded) into train and held-out eval."""
-    reviews = data.load_imdb(n=preset.n_reviews, seed=seed)
-    return data.train_eval_split(reviews, EVAL_FRACTION, seed=seed)
+    """The preset's bundled IMDb reviews, split (seeded) into train and held-out eval."""
+    reviews = data.load_imdb(n=preset.data.reviews, seed=seed)
+    return data.train_eval_split(reviews, preset.data.eval_fraction, seed=seed)
 
 
-def reference_policy(preset: Preset, run_dir, seed: int = 0, callback=None):
-    """π_ref = the SFT policy: ``(policy, tokenizer, sft_metrics)`` from ``run_dir/sft``, trained if needed."""
-    run_dir = Path(run_dir)
-    config = SFTConfig.from_preset(preset, seed=seed)
-    settings = {"lm": _lm_settings(preset), "sft": _config_settings(config), "seed": seed}
+def reference_policy(preset: Preset, run_dir, seed: int = 0, callback=None) -> Reference:
+    """π_ref = the SFT policy, from ``run_dir/sft``, trained there first if needed."""
+    settings = {"model": asdict(preset.model), "data": asdict(preset.data),
+                "sft": result_settings(preset.sft), "seed": seed}
 
     def build(folder: Path) -> None:
         train, held_out = imdb_splits(preset, seed)
-        policy, tokenizer = models.init_policy(preset, [r.text for r in train], run_dir / "init", seed=seed)
-        _, metrics = train_sft(
-            policy, tokenizer, [r.text for r in train], config, callback=callback,
-            checkpoint_dir=run_dir / "checkpoints" / "sft", eval_texts=[r.text for r in held_out[:200]],
-        )
+        policy, tokenizer = models.init_policy(preset.model, [r.text for r in train], folder / "init",
+                                               seed=seed)
+        _, metrics = train_sft(policy, tokenizer, [r.text for r in train], replace(preset.sft, seed=seed),
+                               callback=callback, checkpoint_dir=folder / CHECKPOINT,
+                               eval_texts=[r.text for r in held_out[:SFT_EVAL_TEXTS]])
         models.save_policy(policy, tokenizer, folder)
         save_metrics(metrics, folder / METRICS)
-        shutil.rmtree(run_dir / "checkpoints" / "sft", ignore_errors=True)  # finished: the resume point is spent
+        shutil.rmtree(folder / "init")  # the random start, read back once: SFT's result replaces it
 
-    cached_stage(run_dir / "sft", settings, build, "SFT (π_ref)")
-    policy, tokenizer = models.load_pretrained(run_dir / "sft", device=preset.device, dtype=preset.dtype)
-    return policy.eval(), tokenizer, load_metrics(run_dir / "sft" / METRICS)
+    done = stage(Path(run_dir) / "sft", settings, build, "SFT (π_ref)")
+    policy, tokenizer = models.load_pretrained(done.folder, preset.model.device, preset.model.dtype)
+    return Reference(policy.eval(), tokenizer, load_metrics(done.folder / METRICS), done)
 
 
 def ground_truth_reward(preset: Preset, run_dir, seed: int = 0) -> SentimentReward:
-    """p(positive | text): the preset's classifier, trained on IMDb labels (``tfidf``) or from the Hub."""
-    return make_reward(
-        preset.reward_classifier, run_dir=run_dir, n_reviews=preset.classifier_reviews, seed=seed, device=preset.device
-    )
+    """p(positive | text): a Hub classifier, or ``tfidf`` trained on IMDb labels in ``run_dir/sentiment``."""
+    config = preset.ground_truth
+    if config.classifier != TFIDF:
+        return make_reward(config.classifier, device=preset.model.device)
+    settings = {"ground_truth": asdict(config), "seed": seed}
+    done = stage(Path(run_dir) / "sentiment", settings,
+                 lambda folder: make_reward(TFIDF, n_reviews=config.reviews, seed=seed).save(folder),
+                 "ground-truth reward")
+    return TfidfSentiment.load(done.folder)
 
 
-def pair_prompts(preset: Preset, tokenizer, reviews: Sequence[data.Review], n: int, seed: int = 0) -> list[str]:
+def pair_prompts(tokenizer, reviews: Sequence[data.Review], n: int, seed: int = 0) -> list[str]:
     """``n`` prompts: 2–8 token prefixes of ``reviews`` (paper §6.1); skipped texts are reported."""
-    # 8 tokens never need more than the first 200 characters; longer texts only slow the tokenizer down
+    # 8 tokens never need more than the first 200 characters; longer texts only slow the tokenizer
     prompts, report = data.make_prompts([r.text[:200] for r in reviews[: n * 2]], tokenizer, seed=seed)
     if report.skipped or report.truncated:
         print(report)
     if len(prompts) < n:
-        raise ValueError(f"only {len(prompts)} usable prompts for the {n} asked; raise preset.n_reviews")
+        raise ValueError(f"only {len(prompts)} usable prompts for the {n} asked; raise data.reviews")
     return prompts[:n]
-
-
-def preference_pairs(preset: Preset, run_dir, policy, tokenizer, reward, seed: int = 0):
-    """``(train_pairs, eval_pairs, summary)``: π_ref's samples of training-review prefixes, labelled; cached."""
-    train, _ = imdb_splits(preset, seed)
-    prompts = pair_prompts(preset, tokenizer, train, preset.pair_prompts, seed)
-    pairs, summary = preferences.build_preference_data(
-        policy, tokenizer, prompts, reward, run_dir=run_dir, seed=seed, **preferences.preference_settings(preset)
-    )
-    train_pairs, eval_pairs = preferences.split_by_prompt(pairs, preset.eval_pair_prompts, seed=seed)
-    return train_pairs, eval_pairs, summary
 
 
 def eval_prompts(preset: Preset, tokenizer, n: int, seed: int = 0) -> list[str]:
     """Held-out prompts for evaluating policies: prefixes of reviews never used for SFT or pairs."""
     _, held_out = imdb_splits(preset, seed)
-    return pair_prompts(preset, tokenizer, held_out, n, seed + 1)
+    return pair_prompts(tokenizer, held_out, n, seed + 1)
 
 
-def reward_model(preset: Preset, run_dir, tokenizer, train_pairs, eval_pairs, seed: int = 0, callback=None):
-    """``(reward_model, metrics)``: a Bradley–Terry model on π_ref's backbone, from ``run_dir/reward_model``."""
-    run_dir = Path(run_dir)
-    config = RewardConfig.from_preset(preset, seed=seed)
-    settings = {
-        "sft": json.loads((run_dir / "sft" / SETTINGS).read_text()),
-        "pairs": json.loads((run_dir / preferences.CACHE_DIR / SETTINGS).read_text()),
-        "reward_model": _config_settings(config),
-        "eval_pair_prompts": preset.eval_pair_prompts,
-    }
+def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentReward,
+                     seed: int = 0) -> Pairs:
+    """π_ref's samples of training-review prefixes (``samples/``), every pair labelled (``pairs/``)."""
+    run_dir, config = Path(run_dir), preset.pairs
+    train, _ = imdb_splits(preset, seed)
+    prompts = pair_prompts(ref.tokenizer, train, config.prompts, seed)
+    sampling = {"sft": ref.stage.settings, "prompts": fingerprint(prompts), "seed": seed,
+                "completions": config.completions, "batch_size": config.batch_size,
+                "generation": asdict(preset.generation)}
+
+    def sample(folder: Path) -> None:
+        completions = preferences.sample_completions(ref.policy, ref.tokenizer, prompts, config.completions,
+                                                     preset.generation, seed, config.batch_size)
+        data.save_jsonl([{"prompt": p, "completions": c} for p, c in zip(prompts, completions)],
+                        folder / SAMPLES)
+
+    samples = stage(run_dir / "samples", sampling, sample, "π_ref's samples")
+    labelling = {"samples": samples.settings, "reward": preferences.reward_fingerprint(reward),
+                 "eval_prompts": config.eval_prompts}
+
+    def label(folder: Path) -> None:
+        rows = data.load_jsonl(samples.folder / SAMPLES)
+        pairs, scored, summary = preferences.make_preference_data(
+            [r["prompt"] for r in rows], [r["completions"] for r in rows], reward)
+        data.save_jsonl(pairs, folder / "pairs.jsonl")
+        data.save_jsonl(scored, folder / "scored.jsonl")
+        (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=1), encoding="utf-8")
+
+    done = stage(run_dir / "pairs", labelling, label, "preference pairs")
+    pairs = data.validate_pairs(data.load_jsonl(done.folder / "pairs.jsonl"))
+    summary = preferences.PreferenceSummary(**json.loads((done.folder / "summary.json").read_text()))
+    print(summary)
+    train_pairs, eval_pairs = preferences.split_by_prompt(pairs, config.eval_prompts, seed=seed)
+    return Pairs(train_pairs, eval_pairs, data.load_jsonl(done.folder / "scored.jsonl"), summary, done)
+
+
+def _trained(done: Stage, model=None) -> Trained:
+    """What a finished training stage left: its metrics, last samples and cost."""
+    samples = done.folder / SAMPLES
+    return Trained(model, load_metrics(done.folder / METRICS),
+                   data.load_jsonl(samples) if samples.is_file() else [],
+                   json.loads((done.folder / COST).read_text()), done)
+
+
+def _save_trained(folder: Path, metrics, cost: CostMeter, samples=None) -> None:
+    save_metrics(metrics, folder / METRICS)
+    if samples is not None:
+        data.save_jsonl(samples, folder / SAMPLES)
+    (folder / COST).write_text(json.dumps(cost.summary()))
+
+
+def reward_model(preset: Preset, run_dir, ref: Reference, pairs: Pairs, seed: int = 0,
+                 callback=None) -> Trained:
+    """A Bradley–Terry reward model on π_ref's backbone, from ``run_dir/reward_model``."""
+    config = replace(preset.reward_model, seed=seed)
+    settings = {"pairs": pairs.stage.settings, "reward_model": result_settings(config)}
 
     def build(folder: Path) -> None:
-        model = RewardModel.from_policy(run_dir / "sft", tokenizer, seed=seed).to(preset.device)  # built on the CPU
-        with CostMeter(model) as cost:  # RLHF's cost: includes the held-out evaluations (forward only, small)
-            _, metrics = train_reward_model(
-                model, tokenizer, train_pairs, config, callback=callback, eval_pairs=eval_pairs,
-                checkpoint_dir=run_dir / "checkpoints" / "reward_model",
-            )
+        model = RewardModel.from_policy(ref.stage.folder, ref.tokenizer, seed=seed).to(preset.model.device)
+        with CostMeter(model) as cost:  # RLHF's cost, with the small held-out pair check
+            _, metrics = train_reward_model(model, ref.tokenizer, pairs.train, config, callback=callback,
+                                            eval_pairs=pairs.eval, checkpoint_dir=folder / CHECKPOINT)
         model.save_pretrained(folder)
-        save_metrics(metrics, folder / METRICS)
-        (folder / COST).write_text(json.dumps(cost.summary()))
-        shutil.rmtree(run_dir / "checkpoints" / "reward_model", ignore_errors=True)
+        _save_trained(folder, metrics, cost)
 
-    cached_stage(run_dir / "reward_model", settings, build, "reward model")
-    model = RewardModel.from_pretrained(run_dir / "reward_model", device=preset.device)
-    return model.eval(), load_metrics(run_dir / "reward_model" / METRICS)
-
-
-def _stage_settings(run_dir: Path, *stages: str) -> dict:
-    return {stage: json.loads((run_dir / stage / SETTINGS).read_text()) for stage in stages}
-
-
-def stage_cost(folder) -> dict:
-    """The cost (``cost.CostMeter.summary``) a trained stage saved: seconds, token passes, peak memory."""
-    return json.loads((Path(folder) / COST).read_text())
-
-
-def _load_run(folder: Path) -> dict:
-    """What a finished alignment run left: its metrics, its last evaluation's samples and its cost."""
-    return {"metrics": load_metrics(folder / METRICS), "samples": data.load_jsonl(folder / SAMPLES),
-            "cost": stage_cost(folder)}
+    done = stage(Path(run_dir) / "reward_model", settings, build, "reward model")
+    return _trained(done, RewardModel.from_pretrained(done.folder, device=preset.model.device).eval())
 
 
 def _uncounted(evaluate, cost: CostMeter):
-    """``evaluate`` as an ``eval_fn`` the cost meter leaves out: both pipelines evaluate alike."""
+    """``evaluate`` as an ``eval_fn`` the cost meter leaves out: every method evaluates alike."""
 
     def eval_fn():
         with cost.paused():
@@ -187,82 +192,73 @@ def _uncounted(evaluate, cost: CostMeter):
     return eval_fn
 
 
-def _save_run(folder: Path, metrics, samples, cost: CostMeter, checkpoints: Path) -> None:
-    """Write what ``_load_run`` reads; the finished run's resume point is spent."""
-    save_metrics(metrics, folder / METRICS)
-    data.save_jsonl(samples, folder / SAMPLES)
-    (folder / COST).write_text(json.dumps(cost.summary()))
-    shutil.rmtree(checkpoints, ignore_errors=True)
-
-
-def _eval_every(total_steps: int, n_evals: int) -> int:
-    """Evaluate ``n_evals`` times, the last after the final step (the loops always evaluate then): every
-    ⌈steps / n⌉ steps, so that 64 steps at n = 3 evaluate at 22, 44 and 64, not at 21, 42, 63 and 64."""
+def eval_every(total_steps: int, n_evals: int) -> int:
+    """Evaluate ``n_evals`` times, the last after the final step: every ⌈steps / n⌉ steps
+    (64 steps at n = 3 evaluate at 22, 44 and 64)."""
     return max(1, math.ceil(total_steps / n_evals))
 
 
-def dpo_run(preset: Preset, run_dir, beta: float, tokenizer, train_pairs, prompts, reward, seed: int = 0,
-            n_evals: int = 3, callback=None) -> dict:
-    """One DPO run from π_ref at ``beta``, evaluated ``n_evals`` times on ``prompts``; cached in ``dpo/beta_*``.
+def _run_settings(preset: Preset, prompts, reward, seed: int) -> dict:
+    """What every alignment run is evaluated with."""
+    return {"generation": asdict(preset.generation), "eval_prompts": fingerprint(list(prompts)),
+            "reward": preferences.reward_fingerprint(reward), "seed": seed}
 
-    Returns ``{"metrics", "samples", "cost"}``; the cost counts the reference precompute and training,
-    not the evaluations (both pipelines share those). A run resumed from its checkpoint counts only what ran
-    after the resume: delete its folder and run it again to measure it whole.
+
+def dpo_run(preset: Preset, run_dir, ref: Reference, pairs: Pairs, reward, prompts: Sequence[str],
+            beta: float, seed: int = 0, n_evals: int = 3, callback=None) -> Trained:
+    """One DPO run from π_ref at ``beta``, evaluated ``n_evals`` times on ``prompts``; in ``dpo/beta_*``.
+
+    Its cost counts the reference precompute and training, not the evaluations.
     """
-    run_dir = Path(run_dir)
-    config = dpo.DPOConfig.from_preset(preset, beta=beta, seed=seed, eval_batch_size=max(len(prompts), 1))
-    config = replace(config, eval_every=_eval_every(config.total_steps(len(train_pairs)), n_evals))
-    settings = {**_stage_settings(run_dir, "sft", preferences.CACHE_DIR), "dpo": _config_settings(config),
-                "eval_prompts": len(prompts)}
+    config = replace(preset.dpo, beta=beta, seed=seed)
+    config = replace(config, eval_every=eval_every(config.total_steps(len(pairs.train)), n_evals))
+    settings = {"pairs": pairs.stage.settings, "dpo": result_settings(config),
+                **_run_settings(preset, prompts, reward, seed)}
 
     def build(folder: Path) -> None:
-        policy = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype)
-        ref = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype)
+        load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
+        policy, ref_model = (models.load_policy(ref.stage.folder, **load) for _ in range(2))
         # π_ref is read from its folder at each evaluation: no second model in memory while training
-        evaluate = dpo.make_eval_fn(policy, tokenizer, config, prompts, reward, ref=run_dir / "sft")
-        with CostMeter(policy, ref) as cost:
-            pairs, report = dpo.precompute_reference_logps(ref, tokenizer, train_pairs, config)
-            del ref  # log π_ref of every pair is stored: the reference model is no longer needed
-            if report.skipped or report.truncated:
-                print(report)
-            _, metrics = dpo.train_dpo(policy, tokenizer, pairs, config, callback=callback,
-                                       eval_fn=_uncounted(evaluate, cost),
-                                       checkpoint_dir=run_dir / "checkpoints" / folder.name)
-        _save_run(folder, metrics, evaluate.samples, cost, run_dir / "checkpoints" / folder.name)
+        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref.stage.folder, preset.generation,
+                                seed=seed, batch_size=max(len(prompts), 1))
+        with CostMeter(policy, ref_model) as cost:
+            train_pairs, report = dpo.precompute_reference_logps(ref_model, ref.tokenizer, pairs.train, config)
+            del ref_model  # log π_ref of every pair is stored: the reference is no longer needed
+            _, metrics = dpo.train_dpo(policy, ref.tokenizer, train_pairs, config, callback=callback,
+                                       eval_fn=_uncounted(evaluate, cost), checkpoint_dir=folder / CHECKPOINT)
+        _save_trained(folder, metrics, cost, evaluate.samples)
 
-    folder = run_dir / "dpo" / f"beta_{beta:g}"
-    cached_stage(folder, settings, build, f"DPO β={beta:g}")
-    return _load_run(folder)
+    return _trained(stage(Path(run_dir) / "dpo" / f"beta_{beta:g}", settings, build, f"DPO β={beta:g}"))
 
 
-def ppo_run(preset: Preset, run_dir, target_kl: float | None, tokenizer, train_prompts, prompts, reward,
-            seed: int = 0, n_evals: int = 3, callback=None, ground_truth: bool = False) -> dict:
-    """One PPO run from π_ref against the reward model (or, ``ground_truth=True``, the true reward: PPO-GT),
-    steering the KL toward ``target_kl`` (None: the preset's fixed β); cached in ``ppo/...``.
+def ppo_run(preset: Preset, run_dir, ref: Reference, reward, prompts: Sequence[str],
+            train_prompts: Sequence[str], target_kl: float | None, reward_model: Trained | None = None,
+            ground_truth: bool = False, seed: int = 0, n_evals: int = 3, callback=None) -> Trained:
+    """One PPO run from π_ref against ``reward_model`` (or, ``ground_truth=True``, the true ``reward``:
+    PPO-GT), steering the KL toward ``target_kl`` (None: a fixed β); in ``ppo/`` or ``ppo_gt/``.
 
-    Returns ``{"metrics", "samples", "cost"}``; the cost counts the rollouts and updates, not the evaluations
-    (and, like ``dpo_run``'s, only what ran after a resume).
+    Its cost counts rollouts and updates, not the evaluations.
     """
-    run_dir = Path(run_dir)
-    config = ppo.PPOConfig.from_preset(preset, target_kl=target_kl, seed=seed)
-    config = replace(config, eval_every=_eval_every(config.steps, n_evals))
-    stages = ("sft",) if ground_truth else ("sft", preferences.CACHE_DIR, "reward_model")
-    settings = {**_stage_settings(run_dir, *stages), "ppo": _config_settings(config), "eval_prompts": len(prompts),
-                "train_prompts": len(train_prompts), "ground_truth": ground_truth,
-                "reward": preferences.reward_fingerprint(reward)}  # PPO-GT trains on it; every run is scored by it
+    if (reward_model is None) != ground_truth:
+        raise ValueError("give reward_model for RLHF, or ground_truth=True (and no reward model) for PPO-GT")
+    config = replace(preset.ppo, target_kl=target_kl, seed=seed)
+    config = replace(config, eval_every=eval_every(config.total_steps(len(train_prompts)), n_evals))
+    settings = {"sft": ref.stage.settings, "reward_model": None if ground_truth else reward_model.stage.settings,
+                "ppo": result_settings(config), "train_prompts": fingerprint(list(train_prompts)),
+                **_run_settings(preset, prompts, reward, seed)}  # PPO-GT trains on the reward
 
     def build(folder: Path) -> None:
-        policy = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype)
-        ref = models.load_policy(run_dir / "sft", tokenizer, device=preset.device, dtype=preset.dtype).eval()
-        score = reward if ground_truth else RewardModel.from_pretrained(run_dir / "reward_model", preset.device)
-        evaluate = ppo.make_eval_fn(policy, ref, tokenizer, prompts, reward, config, batch_size=max(len(prompts), 1))
-        scored = (policy, ref) if ground_truth else (policy, ref, score)
-        with CostMeter(*scored) as cost:
-            _, metrics = ppo.train_ppo(policy, ref, tokenizer, train_prompts, score, config, callback=callback,
-                                       eval_fn=_uncounted(evaluate, cost),
-                                       checkpoint_dir=run_dir / "checkpoints" / folder.name)
-        _save_run(folder, metrics, evaluate.samples, cost, run_dir / "checkpoints" / folder.name)
+        load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
+        policy, ref_model = (models.load_policy(ref.stage.folder, **load) for _ in range(2))
+        score = reward if ground_truth else reward_model.model
+        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref_model.eval(), preset.generation,
+                                seed=seed, batch_size=max(len(prompts), 1))
+        with CostMeter(policy, ref_model, *([] if ground_truth else [score])) as cost:
+            _, metrics = ppo.train_ppo(policy, ref_model, ref.tokenizer, train_prompts, score, config,
+                                       preset.generation, callback=callback,
+                                       eval_fn=_uncounted(evaluate, cost), checkpoint_dir=folder / CHECKPOINT)
+        _save_trained(folder, metrics, cost, evaluate.samples)
 
     name = ("ppo_gt" if ground_truth else "ppo") + (f"/target_{target_kl:g}" if target_kl is not None else "/fixed")
-    cached_stage(run_dir / name, settings, build, f"PPO{'-GT' if ground_truth else ''} target KL={target_kl}")
-    return _load_run(run_dir / name)
+    label = f"PPO{'-GT' if ground_truth else ''} target KL={target_kl}"
+    return _trained(stage(Path(run_dir) / name, settings, build, label))

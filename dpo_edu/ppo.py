@@ -1,137 +1,81 @@
-"""RLHF with PPO: maximise a reward minus a KL penalty to π_ref, the pipeline DPO replaces.
+"""RLHF with PPO (DPO paper §3, Eq. 3): max_π E[r_φ(x, y)] − β KL(π ‖ π_ref), after Ziegler et al.
 
-DPO paper §3 (RL fine-tuning phase, Eq. 3): max_π E_x,y~π [r_φ(x, y)] − β KL(π(·|x) ‖ π_ref(·|x)), solved
-with PPO (Schulman et al., 2017) as Ziegler et al. (2019) and Stiennon et al. (2020) did, following Huang et al.
-(2023), "The N Implementation Details of RLHF with PPO". One PPO *step* is one rollout and its optimisation:
-
-1. rollout: y ~ π_θ(·|x) for ``batch_size`` prompts (KV cache, logits / T, stop at EOS, mask what follows);
-   log π_θ(y_t), V_t and log π_ref(y_t) recomputed by one no-grad forward pass each, with the same T;
-2. score s(x, y): the reward model r_φ at its last token, or the ground-truth reward (PPO-GT: pass the
-   sentiment callable instead of the reward model); normalised, s̃ = (s − μ₀)/σ₀ with μ₀, σ₀ of the first
-   rollout (samples of π_ref), as lm-human-preferences normalises its reward model, so that β weighs KL
-   against the score's spread on π_ref whatever the reward's units; optionally a penalty replaces s̃ when
-   y has no EOS (``missing_eos_penalty``);
-3. per-token rewards  r_t = −β (log π_θ(y_t|x, y_<t) − log π_ref(y_t|x, y_<t)) + [t = last] s̃(x, y);
-4. GAE: δ_t = r_t + γ V_t+1 − V_t, A_t = δ_t + γλ A_t+1 (γ = 1, λ = 0.95), returns R_t = A_t + V_t; A whitened;
-5. ``ppo_epochs`` passes of shuffled minibatches: loss = L^CLIP + vf_coef · L^V (``losses.ppo_*_loss``);
-6. β ← β (1 + clip(KL / target − 1, ±0.2) · n / horizon) (Ziegler et al., adaptive) or β fixed.
-
-The value function is a scalar head on the POLICY's last hidden state (a shared backbone), initialised to zero.
-The classic choice (lm-human-preferences; Stiennon et al.) is a separate value model initialised from the reward
-model; TRL's first PPOTrainer (``AutoModelForCausalLMWithValueHead``, its GPT-2 IMDb sentiment example) and trlx
-share the trunk as here. Sharing costs one transformer pass per minibatch instead of two and one model in memory
-instead of two, which is what fits PPO in the CPU budget, and PPO-GT has no reward model to copy. Its price: the
-value loss also moves the policy's trunk (scaled by ``vf_coef``). A zero head predicts V = 0 (no guess about the
-returns) and, since ∂V/∂h = w = 0, its first gradient leaves the trunk alone: training starts at π_θ = π_ref.
-
-    value_head = ValueHead(policy.config.hidden_size)             # optional: pass it to keep a handle on it
-    policy, metrics = train_ppo(policy, ref_model, tokenizer, prompts, reward_model, PPOConfig.from_preset(p),
-                                value_head=value_head)
-    policy, metrics = train_ppo(policy, ref_model, tokenizer, prompts, sentiment, config)   # PPO-GT
+One step: sample y ~ π_θ(·|x); score s(x, y) and normalise it on π_ref's samples, s̃ = (s − μ₀)/σ₀;
+per-token rewards r_t = −β (log π_θ(y_t) − log π_ref(y_t)) + [t = last] s̃; GAE advantages;
+``ppo_epochs`` passes of the clipped loss; then β steers the sequence KL toward a target.
+The implementation details (Huang et al., 2023), each tied to its line: docs/notes.md#ppo.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .evaluate import evaluate_policy
 from .losses import ppo_policy_loss, ppo_value_loss
-from .models import encode_pairs, generate, position_ids_from_mask
+from .models import encode_pairs, position_ids_from_mask
 from .reward_model import RewardModel
 from .reward_model import score as reward_model_score
-from .training import (Batch, check_finite_loss, clip_gradients, disable_dropout, find_checkpoint, iterate_batches,
-                       read_checkpoint, seed_everything, write_checkpoint)
+from .sampling import Generation, generate
+from .training import Batch, Optimizer, TrainConfig, check_finite_loss, disable_dropout, train_loop
 from .validate import check_int, check_positive
 
 
-@dataclass
-class PPOConfig:
-    """PPO for language models; defaults as TRL's PPO and lm-human-preferences unless the comment says."""
+@dataclass(frozen=True)
+class PPOConfig(TrainConfig):
+    """PPO for language models; defaults as TRL's PPO and lm-human-preferences unless noted."""
 
-    lr: float = 1e-4  # AdamW learning rate, constant, Adam ε = 1e-5 (Huang et al.) (tiny GPT-2; gpt2: ~1e-5)
+    lr: float = 1e-4  # AdamW learning rate, constant (tiny GPT-2; gpt2: ~1e-5)
     batch_size: int = 32  # prompts per rollout, one completion each (episodes per step)
+    steps: int | None = 20  # PPO steps, each one rollout and its ppo_epochs passes
+    adam_eps: float = 1e-5  # Adam's ε (Huang et al.)
+    log_every: int = 1  # call the callback every this many steps
+    save_every: int = 10  # steps between checkpoints
     mini_batch_size: int = 8  # rows per optimiser step within a PPO epoch
     ppo_epochs: int = 4  # passes over each rollout, reshuffled each time (TRL's num_ppo_epochs)
-    steps: int = 20  # PPO steps, each one rollout + its ppo_epochs passes
-    max_new_tokens: int = 16  # tokens sampled per completion; a row stops earlier at EOS
-    temperature: float = 1.0  # T of the sampling AND of every log-prob of the samples: π_T = softmax(logits / T)
-    kl_coef: float = 0.1  # β, the weight of the per-token KL penalty (initial value if target_kl is set)
-    target_kl: float | None = None  # adaptive controller's target sequence KL in nats (Ziegler: 6); None: β fixed
-    kl_horizon: int = 10_000  # adaptive controller's horizon in episodes (Ziegler et al.: 10,000)
-    gamma: float = 1.0  # discount γ; 1: the score comes once, at the end, nothing to discount
+    kl_coef: float = 0.1  # β of the per-token KL penalty (its first value if target_kl is set)
+    target_kl: float | None = None  # sequence KL (nats) the adaptive β steers to (Ziegler: 6); None: fixed
+    kl_horizon: int = 10_000  # the adaptive controller's horizon in episodes (Ziegler et al.: 10,000)
+    gamma: float = 1.0  # discount γ; 1: the score comes once, at the end
     lam: float = 0.95  # GAE λ: 0 trusts V (bias), 1 trusts the sampled returns (variance)
     cliprange: float = 0.2  # ε: the policy ratio ρ is clipped to [1 − ε, 1 + ε]
-    cliprange_value: float = 0.2  # ε_v: a value prediction moves at most this far from its rollout value
-    vf_coef: float = 0.1  # weight of the value loss in the total loss (it shares the policy's trunk)
-    normalize_scores: bool = True  # s̃ = (s − μ₀)/σ₀, μ₀ σ₀ of the first rollout (π_ref's samples); False: s̃ = s
-    missing_eos_penalty: float | None = None  # s̃ (in units of σ₀ if normalised) of a y without EOS; None: off
-    whiten_rewards: bool = False  # scale the per-token rewards to unit variance over the batch before GAE
-    grad_clip: float | None = 1.0  # clip the global gradient norm of policy + value head; None: no clipping
-    seed: int = 0  # fixes the prompts' order, the samples and the minibatch shuffles of every step
-    log_every: int = 1  # call the callback every this many steps (metrics are logged at every step)
-    save_every: int = 10  # steps between checkpoints when a checkpoint_dir is given (the last always saves)
-    eval_every: int = 0  # steps between eval_fn calls; 0: only after the last step
-    progress: bool = True  # show a tqdm progress bar with the latest score and KL
+    cliprange_value: float = 0.2  # ε_v: a value prediction moves at most this far from its old value
+    vf_coef: float = 0.1  # weight of the value loss (it shares the policy's trunk)
+    normalize_scores: bool = True  # s̃ = (s − μ₀)/σ₀ with μ₀, σ₀ of the first rollout; False: s̃ = s
+    missing_eos_penalty: float | None = None  # s̃ of a response with no EOS; None: off
+    whiten_rewards: bool = False  # scale the per-token rewards to unit variance before GAE
 
     def __post_init__(self):
-        for name in ("lr", "temperature", "cliprange", "cliprange_value", "target_kl", "grad_clip"):
+        super().__post_init__()
+        for name in ("cliprange", "cliprange_value", "target_kl"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
         if self.missing_eos_penalty is not None and not math.isfinite(self.missing_eos_penalty):
-            raise ValueError(f"missing_eos_penalty must be a finite number or None, got {self.missing_eos_penalty!r}")
-        for name in ("batch_size", "mini_batch_size", "ppo_epochs", "steps", "max_new_tokens", "kl_horizon",
-                     "log_every", "save_every", "eval_every", "seed"):
-            check_int(name, getattr(self, name), 0 if name in ("eval_every", "seed") else 1)
-        for name, high in (("kl_coef", float("inf")), ("vf_coef", float("inf")), ("gamma", 1), ("lam", 1)):
+            raise ValueError(f"missing_eos_penalty must be a finite number or None, got "
+                             f"{self.missing_eos_penalty!r}")
+        for name in ("mini_batch_size", "ppo_epochs", "kl_horizon"):
+            check_int(name, getattr(self, name), 1)
+        if self.grad_accum_steps != 1:
+            raise ValueError("grad_accum_steps must be 1 for PPO: mini_batch_size plays that role")
+        for name, high in (("kl_coef", math.inf), ("vf_coef", math.inf), ("gamma", 1), ("lam", 1)):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value <= high and value != float("inf")):
+            if not (isinstance(value, (int, float)) and 0 <= value <= high and value != math.inf):
                 raise ValueError(f"{name} must be a number in [0, {high}], got {value!r}")
 
-    @classmethod
-    def from_preset(cls, preset, **overrides) -> "PPOConfig":
-        """The preset's PPO sizes (``ppo_*`` fields, ``max_new_tokens``, ``temperature``), any field overridden."""
-        sizes = {"steps": preset.ppo_steps, "batch_size": preset.ppo_batch_size, "lr": preset.ppo_lr,
-                 "mini_batch_size": preset.ppo_mini_batch_size, "ppo_epochs": preset.ppo_epochs,
-                 "kl_coef": preset.ppo_kl_coef, "target_kl": preset.ppo_target_kl,
-                 "kl_horizon": preset.ppo_kl_horizon,
-                 "max_new_tokens": preset.max_new_tokens, "temperature": preset.temperature}
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PPOConfig field(s) {sorted(unknown)}")
-        return cls(**{**sizes, **overrides})
+
+def adapt_kl_coef(kl_coef: float, kl: float, n: int, target: float | None, horizon: int) -> float:
+    """β for the next rollout: fixed without a target, else Ziegler et al.'s controller (§2.2),
+    β ← β (1 + e · n / horizon) with e = clip(KL / target − 1, −0.2, 0.2) after n episodes."""
+    if target is None:
+        return kl_coef
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * n / horizon)
 
 
-# --- the KL coefficient β ---------------------------------------------------------------------------------
-
-
-class FixedKLController:
-    """β stays at its initial value."""
-
-    def __init__(self, kl_coef: float):
-        self.value = float(kl_coef)
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        pass
-
-
-class AdaptiveKLController:
-    """Ziegler et al. (2019), §2.2: a proportional controller that steers the sequence KL toward ``target``."""
-
-    def __init__(self, kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = float(kl_coef), check_positive("target", target), horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)  # e = clip(KL / target − 1, −0.2, 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon  # β ← β (1 + e · n_steps / horizon)
-
-
-# --- advantages -------------------------------------------------------------------------------------------
+# --- advantages ------------------------------------------------------------------------------------
 
 
 def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
@@ -168,7 +112,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     return advantages, torch.where(mask, advantages + values, 0.0)  # R_t = A_t + V_t, the value target
 
 
-# --- policy, value head, rollout --------------------------------------------------------------------------
+# --- policy, value head, rollout ---------------------------------------------------------------------
 
 
 class ValueHead(nn.Module):
@@ -203,147 +147,152 @@ def forward_response(model, input_ids: Tensor, attention_mask: Tensor, width: in
     return token_logps, entropy, None if value_head is None else value_head(hidden)
 
 
+@dataclass
+class Rollout:
+    """One batch of samples and what PPO learns from them; per-token tensors are (rows, T), T the
+    response columns, 0 after a row's EOS."""
+
+    input_ids: Tensor  # (rows, L): [pads, prompt | response, pads]
+    attention_mask: Tensor  # (rows, L)
+    width: int  # column of every row's first response token (T = L − width)
+    temperature: float  # T the samples were drawn at, and every log-prob of them is taken at
+    mask: Tensor  # (rows, T) bool: sampled tokens, EOS included
+    logprobs: Tensor  # (rows, T) log π_θ(y_t) when sampled, at temperature T
+    ref_logprobs: Tensor  # (rows, T) log π_ref(y_t), the same temperature
+    values: Tensor  # (rows, T) V(x, y_<t) when sampled
+    entropy: Tensor  # (rows, T) H of π_θ(·|x, y_<t)
+    raw_scores: Tensor  # (rows,) s(x, y) in the reward's own units
+    scores: Tensor  # (rows,) s̃: normalised, penalised when asked
+    has_eos: Tensor  # (rows,) bool: the response ended
+    advantages: Tensor  # (rows, T) whitened GAE advantages
+    returns: Tensor  # (rows, T) value targets A + V
+    score_stats: tuple[float, float] | None  # (μ₀, σ₀)
+
+    @property
+    def kl(self) -> Tensor:
+        """(rows, T) log π_θ(y_t) − log π_ref(y_t): its row sums estimate KL(π ‖ π_ref) unbiasedly."""
+        return torch.where(self.mask, self.logprobs - self.ref_logprobs, 0.0)
+
+
+def _scores(score_fn, tokenizer, prompts, texts, responses, ended) -> Tensor:
+    """s(x, y): r_φ at the last token of y's own tokens (EOS off, as trained), or, for PPO-GT, any
+    callable texts → rewards read on prompt ⊕ completion."""
+    if isinstance(score_fn, RewardModel):
+        return reward_model_score(score_fn, tokenizer, prompts,
+                                  [r[:-1] if e else r for r, e in zip(responses, ended)])
+    return score_fn([p + t for p, t in zip(prompts, texts)])
+
+
+def normalize_scores(raw: Tensor, stats: tuple[float, float] | None) -> tuple[Tensor, tuple]:
+    """s̃ = (s − μ₀) / σ₀ and (μ₀, σ₀), measured on this batch when ``stats`` is None (π_ref's)."""
+    if stats is None:
+        stats = (raw.mean().item(), raw.std().item() if len(raw) > 1 else 0.0)
+        # s̃ would be 0/0 now and ±1e8 at the first score that differs (a NaN score is named later)
+        if not stats[1] > 1e-6 and torch.isfinite(raw).all():
+            raise ValueError(
+                f"the first rollout's {len(raw)} score(s) have no spread (σ₀ = {stats[1]:g}), so they "
+                "cannot normalise the reward: give PPO ≥ 2 prompts a rollout and a reward that varies "
+                "on π_ref's samples, or set normalize_scores=False")
+    return (raw - stats[0]) / (stats[1] + 1e-8), stats
+
+
 @torch.no_grad()
 def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequence[str], score_fn,
-            config: PPOConfig, kl_coef: float, seed: int = 0, score_stats: tuple[float, float] | None = None) -> dict:
-    """Sample, score and compute advantages for one batch of prompts (no gradients).
-
-    Per-token tensors are [batch, response columns], 0 where ``response_mask`` is 0 (after a row's EOS).
-    ``scores`` are raw; ``score_stats`` = (μ₀, σ₀) normalise them (measured on this batch when None).
-    """
-    texts, ids, mask = generate(policy, tokenizer, prompts, config.max_new_tokens, config.temperature, seed=seed,
-                                batch_size=len(prompts), return_ids=True, progress=False)  # KV cache, stops at EOS
-    responses = [row[m.bool()].tolist() for row, m in zip(ids, mask)]  # EOS included: stopping is an action
+            config: PPOConfig, generation: Generation, kl_coef: float, seed: int = 0,
+            score_stats: tuple[float, float] | None = None) -> Rollout:
+    """Sample one completion per prompt, score it, and compute PPO's advantages (no gradients)."""
+    temperature = generation.temperature  # the same T for sampling and for every log-prob below
+    texts, ids, sampled = generate(policy, tokenizer, prompts, generation.max_new_tokens, temperature,
+                                   seed=seed, batch_size=len(prompts), return_ids=True, progress=False)
+    responses = [row[m.bool()].tolist() for row, m in zip(ids, sampled)]  # EOS included: an action
     batch = encode_pairs(tokenizer, prompts, responses)  # [pads, prompt | response, pads]
-    width = batch["input_ids"].shape[1] - max(map(len, responses))  # column of every row's first response token
+    width = batch["input_ids"].shape[1] - max(map(len, responses))  # every row's first response column
     device = policy.get_input_embeddings().weight.device
     input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    response_mask = batch["response_mask"][:, width:].to(device).bool()
+    mask = batch["response_mask"][:, width:].to(device).bool()
     parts, ref_parts = [], []
-    for s in range(0, len(prompts), config.mini_batch_size):  # in chunks: logits are [rows, tokens, vocab]
+    for s in range(0, len(prompts), config.mini_batch_size):  # chunks: logits are (rows, T, vocab)
         rows = slice(s, s + config.mini_batch_size)
-        parts.append(forward_response(policy, input_ids[rows], attention_mask[rows], width, config.temperature,
+        parts.append(forward_response(policy, input_ids[rows], attention_mask[rows], width, temperature,
                                       value_head))
         ref_parts.append(forward_response(ref_model, input_ids[rows], attention_mask[rows], width,
-                                          config.temperature)[0])  # log π_ref, the same T
-    logprobs, entropy, values = (torch.where(response_mask, torch.cat([p[i] for p in parts]), 0.0)
+                                          temperature)[0])
+    logprobs, entropy, values = (torch.where(mask, torch.cat([p[i] for p in parts]), 0.0)
                                  for i in range(3))  # 0 after EOS: nothing was sampled there
-    ref_logprobs = torch.where(response_mask, torch.cat(ref_parts), 0.0)
+    ref_logprobs = torch.where(mask, torch.cat(ref_parts), 0.0)
     ended = [r[-1] == tokenizer.eos_token_id for r in responses]
-    has_eos = torch.tensor(ended, device=device)
-    if isinstance(score_fn, RewardModel):  # r_φ(x, y) at its last token, on y's own tokens (EOS off, as trained)
-        raw = reward_model_score(score_fn, tokenizer, prompts, [r[:-1] if e else r for r, e in zip(responses, ended)])
-    else:  # PPO-GT: any callable texts → rewards, e.g. sentiment's p(positive | x ⊕ y)
-        raw = score_fn([p + t for p, t in zip(prompts, texts)])
+    raw = _scores(score_fn, tokenizer, prompts, texts, responses, ended)
     raw = torch.as_tensor(raw, dtype=torch.float32).reshape(-1).to(device)
     if len(raw) != len(prompts):
         raise ValueError(f"score_fn returned {len(raw)} scores for {len(prompts)} texts")
     scores = raw
     if config.normalize_scores:
-        if score_stats is None:  # the first rollout: π_θ = π_ref, so these are samples of π_ref
-            score_stats = (raw.mean().item(), raw.std().item() if len(raw) > 1 else 0.0)
-            # s̃ would be 0/0 now and ±1e8 at the first score that differs (a NaN score: train_ppo names its prompt)
-            if not score_stats[1] > 1e-6 and torch.isfinite(raw).all():
-                raise ValueError(
-                    f"the first rollout's {len(raw)} score(s) have no spread (σ₀ = {score_stats[1]:g}), so they "
-                    "cannot normalise the reward: give PPO ≥ 2 prompts a rollout and a reward that varies on "
-                    "π_ref's samples, or set normalize_scores=False")
-        scores = (raw - score_stats[0]) / (score_stats[1] + 1e-8)  # s̃ = (s − μ₀) / σ₀
-    if config.missing_eos_penalty is not None:  # Huang et al.: a response cut off by max_new_tokens scores a penalty
+        scores, score_stats = normalize_scores(raw, score_stats)
+    has_eos = torch.tensor(ended, device=device)
+    if config.missing_eos_penalty is not None:  # Huang et al.: a cut-off response scores a penalty
         scores = torch.where(has_eos, scores, float(config.missing_eos_penalty))
-    kl = torch.where(response_mask, logprobs - ref_logprobs, 0.0)  # log π_θ(y_t) − log π_ref(y_t), per token
-    rewards = -kl_coef * kl  # r_t = −β (log π_θ − log π_ref)
-    last = response_mask.sum(1) - 1  # each row's last response token (its EOS, if it has one)
-    rewards[torch.arange(len(rewards), device=device), last] += scores  # + s(x, y) at the last token
+    rewards = -kl_coef * torch.where(mask, logprobs - ref_logprobs, 0.0)  # r_t = −β (log π_θ − log π_ref)
+    last = mask.sum(1) - 1  # each row's last response token (its EOS, if it has one)
+    rewards[torch.arange(len(rewards), device=device), last] += scores  # + s̃(x, y) at the last token
     if config.whiten_rewards:
-        rewards = whiten(rewards, response_mask, shift_mean=False)
-    advantages, returns = gae(rewards, values, response_mask, config.gamma, config.lam)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "width": width, "texts": texts,
-            "response_mask": response_mask, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values,
-            "entropy": entropy, "raw_scores": raw, "scores": scores, "score_stats": score_stats, "kl": kl,
-            "has_eos": has_eos, "rewards": rewards, "advantages": whiten(advantages, response_mask),  # A whitened
-            "returns": returns}
+        rewards = whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
+    return Rollout(input_ids, attention_mask, width, temperature, mask, logprobs, ref_logprobs, values, entropy, raw,
+                   scores, has_eos, whiten(advantages, mask), returns, score_stats)
 
 
-# --- optimisation -----------------------------------------------------------------------------------------
+# --- optimisation ----------------------------------------------------------------------------------
 
 
-def ppo_update(trainable: nn.ModuleDict, optimizer, roll: dict, config: PPOConfig, step: int, seed: int,
-               prompt_rows: Sequence[int]) -> dict:
+def ppo_update(trainable: nn.ModuleDict, optimizer: Optimizer, roll: Rollout, config: PPOConfig,
+               batch: Batch, seed: int) -> dict:
     """``ppo_epochs`` passes of shuffled minibatches over one rollout; the minibatches' mean metrics.
 
-    ``prompt_rows[i]``: the index, in the training prompts, of the rollout's row i (named by a loss error).
+    A non-finite loss names the step, the PPO epoch, the minibatch and its prompts (``batch.rows``).
     """
     policy, value_head = trainable["policy"], trainable["value_head"]
     generator = torch.Generator().manual_seed(seed)  # seeded per step: a resumed run shuffles alike
-    n, stats = len(roll["scores"]), []
+    n, stats = len(roll.scores), []
     for epoch in range(config.ppo_epochs):
         order = torch.randperm(n, generator=generator)
         for index, start in enumerate(range(0, n, config.mini_batch_size)):
-            rows = order[start : start + config.mini_batch_size].to(roll["scores"].device)
+            rows = order[start : start + config.mini_batch_size].to(roll.scores.device)
             logprobs, entropy, values = forward_response(
-                policy, roll["input_ids"][rows], roll["attention_mask"][rows], roll["width"], config.temperature,
-                value_head)
-            mask = roll["response_mask"][rows]
-            pg_loss, pg_stats = ppo_policy_loss(logprobs, roll["logprobs"][rows], roll["advantages"][rows], mask,
-                                                config.cliprange)
-            vf_loss, vf_stats = ppo_value_loss(values, roll["values"][rows], roll["returns"][rows], mask,
+                policy, roll.input_ids[rows], roll.attention_mask[rows], roll.width,
+                roll.temperature, value_head)
+            mask = roll.mask[rows]
+            pg_loss, pg_stats = ppo_policy_loss(logprobs, roll.logprobs[rows], roll.advantages[rows],
+                                                mask, config.cliprange)
+            vf_loss, vf_stats = ppo_value_loss(values, roll.values[rows], roll.returns[rows], mask,
                                                config.cliprange_value)
-            loss = pg_loss + config.vf_coef * vf_loss  # L = L^CLIP + c_v L^V (no entropy bonus, as Huang et al.)
-            # the error names the step, the PPO epoch, the minibatch and its prompts
-            batch = Batch(step, epoch, index, [prompt_rows[i] for i in rows.tolist()], [])
-            check_finite_loss(loss, batch)
-            optimizer.zero_grad(set_to_none=True)
+            loss = pg_loss + config.vf_coef * vf_loss  # L = L^CLIP + c_v L^V (no entropy bonus)
+            where = Batch(batch.step, epoch, index, [batch.rows[i] for i in rows.tolist()], [])
+            check_finite_loss(loss, where)
+            optimizer.zero_grad()
             loss.backward()
-            grad_norm = clip_gradients(trainable, config.grad_clip)
-            check_finite_loss(grad_norm, batch, "the gradient norm")  # before the step spreads it to every weight
-            optimizer.step()
+            grad_norm = optimizer.step(where)
             entropy = torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1)
-            stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), **pg_stats, **vf_stats,
-                          "policy/entropy": entropy.item(), "grad_norm": grad_norm})
+            stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), **pg_stats,
+                          **vf_stats, "policy/entropy": entropy.item(), "grad_norm": grad_norm})
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
 
-# --- checkpoints (policy + value head + optimiser + β + RNG + metrics) -----------------------------------
+# --- training --------------------------------------------------------------------------------------
 
 
-def _save(checkpoint_dir, trainable, optimizer, kl_ctl, step: int, metrics: list, config: PPOConfig,
-          state: dict) -> Path:
-    saved = {"step": step, "value_head": trainable["value_head"].state_dict(), "kl_coef": kl_ctl.value,
-             "optimizer": optimizer.state_dict(), **state}
-    return write_checkpoint(checkpoint_dir, trainable["policy"], metrics, saved, config)
-
-
-def _load(path: Path, trainable, optimizer, kl_ctl, config: PPOConfig, into: dict) -> tuple[int, list]:
-    saved, metrics = read_checkpoint(path, trainable["policy"], config)
-    trainable["value_head"].load_state_dict(saved["value_head"])
-    optimizer.load_state_dict(saved["optimizer"])
-    kl_ctl.value = saved["kl_coef"]
-    into.update({k: saved[k] for k in into})  # the score normalisation (μ₀, σ₀)
-    return saved["step"], metrics
-
-
-# --- training ---------------------------------------------------------------------------------------------
-
-
-def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn, config: PPOConfig | None = None,
+def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
+              config: PPOConfig | None = None, generation: Generation | None = None,
               callback: Callable[[int, dict], None] | None = None, checkpoint_dir=None,
               eval_fn: Callable[[], dict] | None = None, value_head: ValueHead | None = None):
-    """Optimise ``policy`` (in place) by PPO against ``score_fn``; returns ``(policy, metrics)``, a dict per step.
+    """Optimise ``policy`` (in place) by PPO against ``score_fn``; returns ``(policy, metrics)``.
 
-    ``score_fn``: a ``RewardModel`` (RLHF) or any callable texts → rewards, given prompt ⊕ completion (PPO-GT).
-    ``ref_model`` is π_ref (frozen). ``value_head`` (default: a new zero one) is trained in place. Metrics, one
-    row per step, with TRL's names: ``objective/kl`` (mean sequence log-ratio), ``objective/scores`` (raw s),
-    ``objective/rlhf_reward`` (E[s̃ − β·KL], the return PPO maximises), ``objective/entropy``,
-    ``objective/kl_coef`` (β of this step), ``policy/approxkl``, ``policy/clipfrac``, ``loss/policy``,
-    ``loss/value``, ``val/...``; ``eval_fn()``'s every ``eval_every`` steps and after the last (``make_eval_fn``).
-    ``callback(step, row)`` every ``log_every`` steps. With ``checkpoint_dir``, a run resumes from its checkpoint
-    to the very numbers of an uninterrupted one. A non-finite score stops the run with a ``FloatingPointError``
-    naming the step, a non-finite loss naming the step, PPO epoch and minibatch ("batch").
+    ``score_fn``: a ``RewardModel`` (RLHF), or any callable texts → rewards read on prompt ⊕
+    completion (PPO-GT). ``ref_model`` is π_ref, frozen; ``value_head`` (default: a new zero one) is
+    trained too. Metrics per step carry TRL's names (``objective/kl``, ``objective/scores``,
+    ``policy/clipfrac``, …); ``training.train_loop`` evaluates, calls back and checkpoints.
     """
-    from tqdm.auto import tqdm
-
     config = config if config is not None else PPOConfig()
+    generation = generation if generation is not None else Generation()
     if not isinstance(config, PPOConfig):
         raise ValueError(f"config must be a PPOConfig, got {type(config).__name__}")
     prompts = list(prompts)
@@ -351,78 +300,39 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn, co
         raise ValueError("prompts must be a non-empty list of non-empty strings")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("tokenizer needs a pad token distinct from EOS (models.load_tokenizer adds one)")
-    seed_everything(config.seed)
-    disable_dropout(policy)  # deterministic log-probs: π_θ = π_ref exactly at step 0
-    disable_dropout(ref_model.eval())
+    disable_dropout(ref_model.eval())  # π_ref's log-probs: deterministic
     device = policy.get_input_embeddings().weight.device
-    value_head = (value_head if value_head is not None else ValueHead(policy.config.hidden_size)).to(device)
-    trainable = nn.ModuleDict({"policy": policy, "value_head": value_head})
-    # Huang et al.: Adam ε = 1e-5, no weight decay (torch's AdamW decays by 0.01 unless told: a pull towards 0,
-    # not towards π_ref, on every weight, even those the loss leaves alone)
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.lr, eps=1e-5, weight_decay=0.0)
-    kl_ctl = (FixedKLController(config.kl_coef) if config.target_kl is None
-              else AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon))
-    step, metrics, state = 0, [], {"score_stats": None}  # (μ₀, σ₀), fixed by the first rollout
-    found = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-    if found is not None:
-        step, metrics = _load(found, trainable, optimizer, kl_ctl, config, state)
-        if config.progress:
-            print(f"PPO: resuming from step {step} of {config.steps} ({found})")
-    episodes = metrics[-1]["episode"] if metrics else 0  # prompts rolled out so far
-    bar = tqdm(total=config.steps, initial=step, desc="PPO", disable=not config.progress)
-    batches = iterate_batches(prompts, config.batch_size, config.seed, start_step=step)  # seeded epochs of prompts
-    try:
-        while step < config.steps:
-            batch = next(batches)
-            seed = config.seed * 1_000_003 + step  # samples and shuffles depend on (seed, step) only
-            kl_coef = kl_ctl.value
-            roll = rollout(policy, value_head, ref_model, tokenizer, batch.items, score_fn, config, kl_coef, seed,
-                           state["score_stats"])
-            if not torch.isfinite(roll["raw_scores"]).all():
-                bad = (~torch.isfinite(roll["raw_scores"])).nonzero().flatten().tolist()
-                raise FloatingPointError(f"score_fn gave a non-finite score at step {step + 1} for prompts "
-                                         f"{[batch.rows[i] for i in bad][:8]}: inspect the reward on those")
-            state["score_stats"] = roll["score_stats"]
-            stats = ppo_update(trainable, optimizer, roll, config, step, seed, batch.rows)
-            sequence_kl = roll["kl"].sum(1)  # Σ_t log π_θ(y_t) − log π_ref(y_t): unbiased for KL(π ‖ π_ref)
-            scores, lengths = roll["scores"], roll["response_mask"].sum(1).float()  # s̃: normalised, penalised
-            episodes += len(batch.items)  # the last batch of an epoch of prompts may be short
-            row = {"step": step + 1, "episode": episodes,
-                   "objective/kl": sequence_kl.mean().item(),
-                   "objective/entropy": roll["entropy"].sum(1).mean().item(),
-                   "objective/non_score_reward": (-kl_coef * sequence_kl).mean().item(),
-                   "objective/rlhf_reward": (scores - kl_coef * sequence_kl).mean().item(),  # E[s̃ − β KL]
-                   "objective/scores": roll["raw_scores"].mean().item(),  # E[s], in the reward's own units
-                   "objective/kl_coef": kl_coef, **stats,
-                   "val/num_eos_tokens": int(roll["has_eos"].sum()), "val/response_length": lengths.mean().item(),
-                   "learning_rate": config.lr}
-            kl_ctl.update(row["objective/kl"], len(batch.items))  # β for the next rollout
-            step += 1
-            if eval_fn is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
-                row.update(eval_fn())
-            metrics.append(row)
-            if checkpoint_dir is not None and (step % config.save_every == 0 or step == config.steps):
-                _save(checkpoint_dir, trainable, optimizer, kl_ctl, step, metrics, config, state)
-            bar.set_postfix(score=f"{row['objective/scores']:.3f}", kl=f"{row['objective/kl']:.2f}", refresh=False)
-            bar.update(1)
-            if callback is not None and (step % config.log_every == 0 or step == config.steps):
-                callback(step, dict(row))  # a copy: a callback cannot alter the log
-    finally:
-        bar.close()
-    policy.eval()
+    value_head = value_head if value_head is not None else ValueHead(policy.config.hidden_size)
+    trainable = nn.ModuleDict({"policy": policy, "value_head": value_head.to(device)})
+    state = {"kl_coef": config.kl_coef, "score_stats": None, "episodes": 0}  # resumed with the run
+
+    def step(batch: Batch, optimizer: Optimizer) -> dict:
+        seed = config.seed * 1_000_003 + batch.step  # samples and shuffles depend on (seed, step) only
+        kl_coef = state["kl_coef"]
+        roll = rollout(policy, value_head, ref_model, tokenizer, batch.items, score_fn, config,
+                       generation, kl_coef, seed, state["score_stats"])
+        if not torch.isfinite(roll.raw_scores).all():
+            bad = (~torch.isfinite(roll.raw_scores)).nonzero().flatten().tolist()
+            raise FloatingPointError(f"score_fn gave a non-finite score at step {batch.step + 1} for "
+                                     f"prompts {[batch.rows[i] for i in bad][:8]}: inspect the reward")
+        state["score_stats"] = roll.score_stats
+        stats = ppo_update(trainable, optimizer, roll, config, batch, seed)
+        sequence_kl = roll.kl.sum(1)  # Σ_t log π_θ(y_t) − log π_ref(y_t): unbiased for the KL
+        state["episodes"] += len(batch.items)  # the last batch of an epoch of prompts may be short
+        row = {"episode": state["episodes"],
+               "objective/kl": sequence_kl.mean().item(),
+               "objective/entropy": roll.entropy.sum(1).mean().item(),
+               "objective/non_score_reward": (-kl_coef * sequence_kl).mean().item(),
+               "objective/rlhf_reward": (roll.scores - kl_coef * sequence_kl).mean().item(),  # E[s̃ − βKL]
+               "objective/scores": roll.raw_scores.mean().item(),  # E[s], in the reward's own units
+               "objective/kl_coef": kl_coef, **stats,
+               "val/num_eos_tokens": int(roll.has_eos.sum()),
+               "val/response_length": roll.mask.sum(1).float().mean().item()}
+        state["kl_coef"] = adapt_kl_coef(kl_coef, row["objective/kl"], len(batch.items), config.target_kl,
+                                         config.kl_horizon)  # β for the next rollout
+        return row
+
+    metrics = train_loop(trainable, prompts, step, config, callback=callback,
+                         checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, desc="PPO", state=state,
+                         show=("objective/scores", "objective/kl"))
     return policy, metrics
-
-
-def make_eval_fn(policy, ref_model, tokenizer, prompts: Sequence[str], reward: Callable, config: PPOConfig,
-                 batch_size: int = 64) -> Callable[[], dict]:
-    """An ``eval_fn`` for ``train_ppo``: ``evaluate.evaluate_policy`` on held-out prompts with the ground-truth
-    ``reward`` (``eval/reward``, ``eval/kl``, ...), same seed each time; latest samples in ``eval_fn.samples``."""
-
-    def eval_fn() -> dict:
-        metrics, eval_fn.samples = evaluate_policy(policy, ref_model, tokenizer, list(prompts), reward,
-                                                   config.max_new_tokens, config.temperature, seed=config.seed,
-                                                   batch_size=batch_size)
-        return metrics
-
-    eval_fn.samples = []
-    return eval_fn

@@ -1,246 +1,212 @@
-"""Presets: one code path, three sizes.
-
-A preset changes sizes and names only, never which functions run:
+"""Presets: one code path, three sizes. A preset is every stage's config, nested; it changes sizes and
+names only, never which functions run.
 
 - ``ci``:   the tiny GPT-2, a few hundred reviews; seconds per notebook on a CPU, offline.
 - ``cpu``:  the same tiny GPT-2 trained further on thousands of reviews; minutes on a laptop.
 - ``gpt2``: GPT-2 (124 M) from the Hugging Face Hub; tens of minutes on one GPU.
 - ``auto``: ``gpt2`` where a GPU and the Hub are reachable, else ``cpu``; it says which and why.
+
+Any field can be replaced by its dotted name: ``get_preset("cpu", {"dpo.beta": 0.5})``.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from dataclasses import dataclass, replace
+import dataclasses
+import difflib
+from dataclasses import dataclass
 
-HUB_HOST = "huggingface.co"
+from .data import DataConfig
+from .dpo import DPOConfig
+from .models import HUB_HOST, ModelConfig, hub_reachable
+from .ppo import PPOConfig
+from .preferences import PairsConfig
+from .reward_model import RewardConfig
+from .sampling import Generation
+from .sentiment import GroundTruthConfig
+from .sft import SFTConfig
+from .validate import check_int, check_positive
+
+
+@dataclass(frozen=True)
+class ToySizes:
+    """The finite problems of notebooks 01–03."""
+
+    steps: int  # optimiser steps of tabular policies (gradient ascent, DPO)
+    pairs: int  # preference pairs sampled for tabular DPO
+    bt_max_comparisons: int  # the most comparisons in the Bradley–Terry error curve
+    bt_repeats: int  # seeds per point of that curve (their median is plotted)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            check_int(field.name, getattr(self, field.name), 1)
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The reward–KL frontier of notebook 05: which runs, evaluated on how many prompts."""
+
+    dpo_betas: tuple  # β of each DPO run (the paper's Fig. 2 sweeps 0.05–5)
+    ppo_targets: tuple  # target KL (nats) of each PPO run (the adaptive controller's)
+    eval_prompts: int  # held-out prompts every run is evaluated on
+
+    def __post_init__(self):
+        for name in ("dpo_betas", "ppo_targets"):
+            for value in getattr(self, name):
+                check_positive(name, value)
+        check_int("eval_prompts", self.eval_prompts, 1)
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str  # "ci", "cpu" or "gpt2"
     description: str  # one line shown when the preset is chosen
-    # --- toy problems (notebooks 01–03) ---
-    toy_steps: int  # optimiser steps for tabular policies (gradient ascent, DPO)
-    toy_pairs: int  # preference pairs sampled for tabular DPO
-    bt_max_comparisons: int  # the largest number of comparisons in the Bradley–Terry error curve
-    bt_repeats: int  # seeds averaged (median) per point of that curve
-    # --- language model (notebooks 04–05; see models.py) ---
-    model: str  # "tiny": a GPT-2 built here from the shapes below; else a Hub id ("gpt2", "gpt2-large")
-    random_init: bool  # random weights of these shapes + the local tokenizer (always so for "tiny"; times gpt2 offline)
-    n_layer: int  # transformer blocks (gpt2: 12)
-    n_head: int  # attention heads per block; n_embd must be a multiple of it (gpt2: 12)
-    n_embd: int  # width of the residual stream (gpt2: 768)
-    n_positions: int  # longest sequence the model can read, prompt + response (gpt2: 1024)
-    vocab_size: int  # size of the byte-level BPE trained locally on the reviews (unused by a Hub model)
-    n_reviews: int  # IMDb reviews read (tokenizer, SFT, prompts)
-    max_length: int  # tokens per SFT training sequence (longer reviews are cut)
-    max_new_tokens: int  # tokens sampled per completion
-    temperature: float  # sampling temperature T: logits / T before the softmax (1.0 samples the policy itself)
-    device: str  # "cpu" or "cuda"
-    dtype: str  # dtype of the weights; log-probs are computed in float32 whatever it is
-    # --- preference pairs (notebook 04; see preferences.py) ---
-    pair_prompts: int  # IMDb prefixes the SFT policy completes to make preference pairs
-    completions_per_prompt: int  # samples per prefix, every pair of them labelled: 4 → 6 pairs (paper §6.1)
-    generation_batch_size: int  # rows (prefix copies) sampled together in one batch
-    eval_pair_prompts: int  # of those prefixes, held out with all their pairs (held-out pair accuracy)
-    # --- SFT and reward model (notebook 04; see sft.py, reward_model.py, training.py) ---
-    sft_steps: int  # optimiser steps of supervised fine-tuning on the reviews (the result is π_ref)
-    sft_batch_size: int  # reviews per SFT step, each cut to max_length tokens
-    sft_lr: float  # peak AdamW learning rate of SFT (random init learns fast; pretrained gpt2 wants ~5e-5)
-    sft_warmup_steps: int  # steps of linear learning-rate warmup at the start of SFT
-    rm_epochs: float  # passes of reward-model training over the preference pairs (a second one overfits)
-    rm_batch_size: int  # preference pairs per reward-model step (twice as many sequences per forward pass)
-    rm_lr: float  # peak AdamW learning rate of the Bradley–Terry reward model
-    # --- ground-truth reward (notebook 04; see sentiment.py, pipeline.py) ---
-    reward_classifier: str  # "tfidf" (trained here on IMDb labels) or a Hub classifier id (the paper's: siebert/…)
-    classifier_reviews: int  # labelled IMDb reviews the "tfidf" classifier learns from (a fifth held out)
-    # --- DPO (notebook 05; see dpo.py) ---
-    dpo_epochs: float  # passes of DPO over the training pairs
-    dpo_batch_size: int  # preference pairs per DPO step (the paper: 64)
-    dpo_lr: float  # peak AdamW learning rate of DPO (the paper: 1e-6 for pretrained GPT-2; tiny models take more)
-    dpo_beta: float  # β, the weight of KL(π ‖ π_ref) in DPO's objective (the paper's sentiment runs: 0.05–5)
-    dpo_warmup_steps: int  # steps of linear learning-rate warmup (the paper: 150)
-    dpo_length_buckets: int  # forward passes per DPO step, rows sorted by length: less padding on a CPU (GPU: 1)
-    # --- PPO (notebook 05; see ppo.py) ---
-    ppo_steps: int  # PPO steps, each one rollout of ppo_batch_size prompts + its ppo_epochs passes
-    ppo_batch_size: int  # prompts per rollout, one sampled completion each
-    ppo_mini_batch_size: int  # rows per optimiser step within a PPO epoch
-    ppo_epochs: int  # passes of shuffled minibatches over each rollout
-    ppo_lr: float  # AdamW learning rate of policy + value head (TRL's gpt2 sentiment example: 1.41e-5)
-    ppo_kl_coef: float  # β of the per-token KL penalty, in units of the score's std on π_ref (initial β if adaptive)
-    ppo_target_kl: float | None  # sequence KL the adaptive controller steers to (Ziegler et al.: 6); None: β fixed
-    ppo_kl_horizon: int  # the adaptive controller's horizon in episodes (Ziegler et al.: 10,000)
-    # --- the RLHF vs DPO comparison (notebook 05; see pipeline.py) ---
-    dpo_beta_sweep: tuple  # β of each DPO run on the reward–KL frontier (the paper's Fig. 2 sweeps 0.05–5)
-    ppo_target_sweep: tuple  # target KL (nats) of each PPO run on the frontier (adaptive KL controller)
+    toy: ToySizes  # notebooks 01–03
+    model: ModelConfig  # the policy and its tokenizer (models.py)
+    data: DataConfig  # the IMDb reviews read (data.py)
+    generation: Generation  # how every method samples (sampling.py)
+    ground_truth: GroundTruthConfig  # the judge (sentiment.py)
+    pairs: PairsConfig  # π_ref's samples → preference pairs (preferences.py)
+    sft: SFTConfig  # π_ref (sft.py)
+    reward_model: RewardConfig  # RLHF's Bradley–Terry reward model (reward_model.py)
+    dpo: DPOConfig  # dpo.py
+    ppo: PPOConfig  # ppo.py
+    frontier: Frontier  # notebook 05's runs
 
 
 PRESETS = {
     "ci": Preset(
         name="ci",
         description="tiny GPT-2 on a few hundred reviews: seconds per notebook, CPU, offline",
-        toy_steps=1500,
-        toy_pairs=20_000,
-        bt_max_comparisons=20_000,
-        bt_repeats=3,
-        model="tiny",
-        random_init=True,
-        n_layer=4,
-        n_head=4,
-        n_embd=128,
-        n_positions=128,
-        vocab_size=2000,
-        n_reviews=400,
-        max_length=64,
-        max_new_tokens=16,
-        temperature=1.0,
-        device="cpu",
-        dtype="float32",
-        pair_prompts=128,  # 768 pairs, sampled in about a second
-        completions_per_prompt=4,
-        generation_batch_size=128,
-        eval_pair_prompts=32,
-        sft_steps=120,
-        sft_batch_size=16,
-        sft_lr=1e-3,
-        sft_warmup_steps=10,
-        rm_epochs=1.0,
-        rm_batch_size=16,
-        rm_lr=3e-4,
-        reward_classifier="tfidf",
-        classifier_reviews=4_000,
-        dpo_epochs=1.0,
-        dpo_batch_size=16,
-        dpo_lr=3e-4,
-        dpo_beta=0.1,
-        dpo_warmup_steps=0,
-        dpo_length_buckets=3,
-        ppo_steps=24,  # about 20 s on one CPU thread
-        ppo_batch_size=32,
-        ppo_mini_batch_size=8,
-        ppo_epochs=4,
-        ppo_lr=3e-4,
-        ppo_kl_coef=0.05,
-        ppo_target_kl=None,
-        ppo_kl_horizon=64,  # short runs: β may move up to 0.2 · 32/64 = 10 % a step
-        dpo_beta_sweep=(0.1, 1.0),
-        ppo_target_sweep=(2.0, 8.0),
+        toy=ToySizes(steps=1500, pairs=20_000, bt_max_comparisons=20_000, bt_repeats=3),
+        model=ModelConfig(n_layer=4, n_head=4, n_embd=128, n_positions=128, vocab_size=2000),
+        data=DataConfig(reviews=400),
+        generation=Generation(max_new_tokens=16),
+        ground_truth=GroundTruthConfig(reviews=4_000),
+        pairs=PairsConfig(prompts=128, eval_prompts=32, batch_size=128),  # 768 pairs in about a second
+        sft=SFTConfig(steps=120, batch_size=16, lr=1e-3, warmup_steps=10, max_length=64),
+        reward_model=RewardConfig(epochs=1.0, batch_size=16, lr=3e-4),
+        dpo=DPOConfig(epochs=1.0, batch_size=16, lr=3e-4, beta=0.1, max_length=64, length_buckets=3),
+        ppo=PPOConfig(steps=24, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-4, kl_coef=0.05,
+                      kl_horizon=64),  # about 20 s; β may move up to 0.2 · 32/64 = 10 % a step
+        frontier=Frontier(dpo_betas=(0.1, 1.0), ppo_targets=(2.0, 8.0), eval_prompts=32),
     ),
     "cpu": Preset(
         name="cpu",
         description="tiny GPT-2 on thousands of reviews: minutes per notebook, CPU, offline",
-        toy_steps=3000,
-        toy_pairs=100_000,
-        bt_max_comparisons=100_000,
-        bt_repeats=7,
-        model="tiny",
-        random_init=True,
-        n_layer=4,
-        n_head=6,
-        n_embd=192,
-        n_positions=256,
-        vocab_size=4000,
-        n_reviews=5000,
-        max_length=128,
-        max_new_tokens=24,
-        temperature=1.0,
-        device="cpu",
-        dtype="float32",
-        pair_prompts=2500,  # 15,000 pairs, sampled in about a minute; 1,000 prompts left the reward model at 0.68
-        completions_per_prompt=4,
-        generation_batch_size=128,
-        eval_pair_prompts=250,
-        sft_steps=600,
-        sft_batch_size=16,
-        sft_lr=1e-3,
-        sft_warmup_steps=50,
-        rm_epochs=1.0,
-        rm_batch_size=32,
-        rm_lr=3e-4,
-        reward_classifier="tfidf",
-        classifier_reviews=20_000,
-        dpo_epochs=0.4,  # ~340 steps of 16 over ~13,500 pairs: a 3-β sweep fits notebook 05's budget
-        dpo_batch_size=16,
-        dpo_lr=1e-4,
-        dpo_beta=0.1,
-        dpo_warmup_steps=10,
-        dpo_length_buckets=3,
-        ppo_steps=64,  # about 2 minutes on one CPU thread
-        ppo_batch_size=32,
-        ppo_mini_batch_size=8,
-        ppo_epochs=4,
-        ppo_lr=3e-5,  # clipfrac ~0.03; at 1e-4 (clipfrac ~0.25) KL drifted to 3 even at a fixed β of 2
-        ppo_kl_coef=0.2,  # 64 steps leave the controller little time: from 0.05, KL reached 6–10 before β caught up
-        ppo_target_kl=None,
-        ppo_kl_horizon=128,  # β may move up to 5 % a step (horizon 32, 20 % a step, diverged: β 0.1 → 2,476)
-        dpo_beta_sweep=(0.1, 0.5, 2.0),
-        ppo_target_sweep=(1.0, 3.0, 9.0),
+        toy=ToySizes(steps=3000, pairs=100_000, bt_max_comparisons=100_000, bt_repeats=7),
+        model=ModelConfig(n_layer=4, n_head=6, n_embd=192, n_positions=256, vocab_size=4000),
+        data=DataConfig(reviews=5000),
+        generation=Generation(max_new_tokens=24),
+        ground_truth=GroundTruthConfig(reviews=20_000),
+        # 15,000 pairs, sampled in about a minute; 1,000 prompts left the reward model at 0.68
+        pairs=PairsConfig(prompts=2500, eval_prompts=250, batch_size=128),
+        sft=SFTConfig(steps=600, batch_size=16, lr=1e-3, warmup_steps=50, max_length=128),
+        reward_model=RewardConfig(epochs=1.0, batch_size=32, lr=3e-4),
+        # 0.4 epoch: ~340 steps of 16 over ~13,500 pairs, so a 3-β sweep fits notebook 05's budget
+        dpo=DPOConfig(epochs=0.4, batch_size=16, lr=1e-4, beta=0.1, warmup_steps=10, max_length=128,
+                      length_buckets=3),
+        # lr 3e-5: clipfrac ~0.03 (at 1e-4, ~0.25, and KL drifted to 3 even at a fixed β of 2);
+        # kl_coef 0.2: from 0.05, KL reached 6–10 before β caught up in 64 steps;
+        # horizon 128: β may move 5 % a step (horizon 32, 20 % a step, diverged: β 0.1 → 2,476)
+        ppo=PPOConfig(steps=64, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-5, kl_coef=0.2,
+                      kl_horizon=128),  # about 2 minutes on one CPU thread
+        frontier=Frontier(dpo_betas=(0.1, 0.5, 2.0), ppo_targets=(1.0, 3.0, 9.0), eval_prompts=250),
     ),
     "gpt2": Preset(
         name="gpt2",
         description="GPT-2 (124 M) from the Hugging Face Hub: tens of minutes on one GPU",
-        toy_steps=3000,
-        toy_pairs=100_000,
-        bt_max_comparisons=100_000,
-        bt_repeats=7,
-        model="gpt2",
-        random_init=False,
-        n_layer=12,
-        n_head=12,
-        n_embd=768,
-        n_positions=1024,
-        vocab_size=50257,  # gpt2's own size, so a random_init run times the real output layer
-        n_reviews=25_000,
-        max_length=256,
-        max_new_tokens=48,
-        temperature=1.0,
-        device="cuda",
-        dtype="float32",  # bfloat16 halves memory, but a 1e-6 learning-rate step vanishes in bf16 weights
-        pair_prompts=4000,  # 24,000 pairs
-        completions_per_prompt=4,
-        generation_batch_size=256,
-        eval_pair_prompts=400,
-        sft_steps=800,  # about one epoch of the 25,000 reviews at batch 32
-        sft_batch_size=32,
-        sft_lr=5e-5,
-        sft_warmup_steps=50,
-        rm_epochs=1.0,  # one pass, as InstructGPT: a reward model overfits after one epoch
-        rm_batch_size=32,
-        rm_lr=1e-5,
-        reward_classifier="siebert/sentiment-roberta-large-english",
-        classifier_reviews=25_000,
-        dpo_epochs=1.0,
-        dpo_batch_size=64,
-        dpo_lr=1e-6,
-        dpo_beta=0.1,
-        dpo_warmup_steps=150,
-        dpo_length_buckets=1,
-        ppo_steps=200,
-        ppo_batch_size=64,
-        ppo_mini_batch_size=16,
-        ppo_epochs=4,
-        ppo_lr=1.41e-5,
-        ppo_kl_coef=0.1,
-        ppo_target_kl=6.0,
-        ppo_kl_horizon=640,  # β may move up to 0.2 · 64/640 = 2 % a step (at 10,000, 0.13 %: over 200 steps the
-        # targets would share one β path until the KL neared them, a fixed-β sweep in all but name)
-        dpo_beta_sweep=(0.05, 0.1, 0.5, 1.0),
-        ppo_target_sweep=(2.0, 4.0, 8.0, 16.0),
+        toy=ToySizes(steps=3000, pairs=100_000, bt_max_comparisons=100_000, bt_repeats=7),
+        # vocab_size: gpt2's own, so a random_init run times the real output layer; float32, since a
+        # 1e-6 learning-rate step vanishes in bfloat16 weights
+        model=ModelConfig(name="gpt2", random_init=False, n_layer=12, n_head=12, n_embd=768,
+                          n_positions=1024, vocab_size=50257, device="cuda"),
+        data=DataConfig(reviews=25_000),
+        generation=Generation(max_new_tokens=48),
+        ground_truth=GroundTruthConfig(classifier="siebert/sentiment-roberta-large-english", reviews=25_000),
+        pairs=PairsConfig(prompts=4000, eval_prompts=400, batch_size=256),  # 24,000 pairs
+        sft=SFTConfig(steps=800, batch_size=32, lr=5e-5, warmup_steps=50, max_length=256),  # ~1 epoch
+        reward_model=RewardConfig(epochs=1.0, batch_size=32, lr=1e-5),  # one pass, as InstructGPT
+        dpo=DPOConfig(epochs=1.0, batch_size=64, lr=1e-6, beta=0.1, warmup_steps=150, max_length=256,
+                      length_buckets=1),  # the paper's batch, learning rate and warmup
+        # horizon 640: β may move 2 % a step (at 10,000, 0.13 %: over 200 steps every target would
+        # share one β path, a fixed-β sweep in all but name)
+        ppo=PPOConfig(steps=200, batch_size=64, mini_batch_size=16, ppo_epochs=4, lr=1.41e-5, kl_coef=0.1,
+                      target_kl=6.0, kl_horizon=640),
+        frontier=Frontier(dpo_betas=(0.05, 0.1, 0.5, 1.0), ppo_targets=(2.0, 4.0, 8.0, 16.0), eval_prompts=400),
     ),
 }
 
+# The flat names of the first layout, and where each field lives now.
+RENAMED = {
+    "toy_steps": "toy.steps", "toy_pairs": "toy.pairs", "bt_max_comparisons": "toy.bt_max_comparisons",
+    "bt_repeats": "toy.bt_repeats", "model": "model.name", "random_init": "model.random_init",
+    "n_layer": "model.n_layer", "n_head": "model.n_head", "n_embd": "model.n_embd",
+    "n_positions": "model.n_positions", "vocab_size": "model.vocab_size", "device": "model.device",
+    "dtype": "model.dtype", "n_reviews": "data.reviews", "max_length": "sft.max_length and dpo.max_length",
+    "max_new_tokens": "generation.max_new_tokens", "temperature": "generation.temperature",
+    "pair_prompts": "pairs.prompts", "completions_per_prompt": "pairs.completions",
+    "generation_batch_size": "pairs.batch_size", "eval_pair_prompts": "pairs.eval_prompts",
+    "reward_classifier": "ground_truth.classifier", "classifier_reviews": "ground_truth.reviews",
+    "rm_epochs": "reward_model.epochs", "rm_batch_size": "reward_model.batch_size",
+    "rm_lr": "reward_model.lr", "dpo_beta_sweep": "frontier.dpo_betas",
+    "ppo_target_sweep": "frontier.ppo_targets", "ppo_epochs": "ppo.ppo_epochs",
+    **{f"{section}_{field}": f"{section}.{field}" for section, fields in (
+        ("sft", ("steps", "batch_size", "lr", "warmup_steps")),
+        ("dpo", ("epochs", "batch_size", "lr", "beta", "warmup_steps", "length_buckets")),
+        ("ppo", ("steps", "batch_size", "mini_batch_size", "lr", "kl_coef", "target_kl", "kl_horizon")),
+    ) for field in fields},
+}
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "tuple": (tuple, list),
+          "None": type(None)}  # what a field of each annotation accepts
 
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """True when the Hugging Face Hub answers on port 443 and HF_HUB_OFFLINE is not set."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):  # huggingface_hub's rule
-        return False
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+
+_SECTIONS = {cls.__name__: cls for cls in (ToySizes, ModelConfig, DataConfig, Generation, GroundTruthConfig,
+                                            PairsConfig, SFTConfig, RewardConfig, DPOConfig, PPOConfig,
+                                            Frontier)}
+
+
+# Fields the notebooks set themselves, so an override would change nothing.
+SET_BY_THE_NOTEBOOK = {"seed": "the notebook's SEED (dpo-edu run --seed N)",
+                       "dpo.eval_every": "notebook 05's N_EVALS", "ppo.eval_every": "notebook 05's N_EVALS"}
+
+
+def field_names() -> list[str]:
+    """Every dotted name an override can reach: ``["toy.steps", …, "dpo.beta", …]``."""
+    return [f"{section.name}.{field.name}" for section in dataclasses.fields(Preset)
+            if section.type in _SECTIONS for field in dataclasses.fields(_SECTIONS[section.type])
+            if field.name != "seed" and f"{section.name}.{field.name}" not in SET_BY_THE_NOTEBOOK]
+
+
+def _typed(name: str, annotation: str, value):
+    """``value`` if its type fits the field's annotation (a list becomes a tuple), else a ValueError."""
+    kinds = [part.strip() for part in annotation.split("|")]
+    fits = "bool" in kinds if isinstance(value, bool) else any(isinstance(value, _TYPES[k]) for k in kinds)
+    if not fits:
+        raise ValueError(f"preset field '{name}' takes {annotation}, got {value!r}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def override(preset: Preset, overrides: dict) -> Preset:
+    """``preset`` with each dotted field of ``overrides`` replaced, its config validated again."""
+    known = field_names()
+    for name, value in overrides.items():
+        if name not in known:
+            set_by = SET_BY_THE_NOTEBOOK.get(name, SET_BY_THE_NOTEBOOK["seed"] if name.endswith(".seed") else "")
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = (f"it is set by {set_by}" if set_by else f"it is now '{RENAMED[name]}'" if name in RENAMED
+                    else f"did you mean {' or '.join(close)}?" if close
+                    else "fields are dotted, such as dpo.beta (all: dpo_edu.presets.field_names())")
+            raise ValueError(f"preset field '{name}' cannot be set: {hint}")
+        section, field = name.split(".")
+        config = getattr(preset, section)
+        annotation = {f.name: f.type for f in dataclasses.fields(config)}[field]
+        value = _typed(name, annotation, value)
+        try:
+            config = dataclasses.replace(config, **{field: value})
+        except ValueError as error:  # the config's own check: say which preset field it was
+            raise ValueError(f"preset field '{name}': {error}") from None
+        preset = dataclasses.replace(preset, **{section: config})
+    return preset
 
 
 def choose_auto() -> tuple[str, str]:
@@ -254,21 +220,15 @@ def choose_auto() -> tuple[str, str]:
     return "gpt2", f"a GPU ({torch.cuda.get_device_name()}) and {HUB_HOST} are both reachable"
 
 
-def get_preset(name: str, verbose: bool = True, **overrides) -> Preset:
-    """The preset called ``name`` (``auto`` resolved), with any field replaced by ``overrides``."""
+def get_preset(name: str, overrides: dict | None = None, verbose: bool = True) -> Preset:
+    """The preset called ``name`` (``auto`` resolved), with dotted ``overrides``: ``{"dpo.beta": 0.5}``."""
     if name == "auto":
         name, why = choose_auto()
         if verbose:
             print(f"PRESET 'auto' → '{name}': {why}")
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)} or 'auto'")
-    preset = PRESETS[name]
-    unknown = set(overrides) - set(Preset.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown preset field(s) {sorted(unknown)} for preset {name!r}")
-    # a sweep given as a list (as papermill passes it) is stored as the tuple the presets hold
-    preset = replace(preset, **{key: tuple(value) if isinstance(value, list) else value
-                                for key, value in overrides.items()})
+    preset = override(PRESETS[name], overrides or {})
     if verbose:
         print(f"preset {preset.name}: {preset.description}")
     return preset

@@ -1,24 +1,15 @@
-"""The Bradley–Terry reward model r_φ(x, y): GPT-2 with a scalar head, trained on preference pairs.
-
-DPO paper §3 (reward modelling phase): r_φ is "initialized from the SFT model π^SFT(y | x) with the
-addition of a linear layer on top of the final transformer layer that produces a single scalar prediction
-for the reward value", and fitted to pairs (x, y_w, y_l) by maximum likelihood under Bradley–Terry:
+"""The Bradley–Terry reward model r_φ(x, y): π_SFT's transformer with a scalar head (DPO paper §3).
 
     L_R(r_φ) = −E_(x, y_w, y_l) [ log σ(r_φ(x, y_w) − r_φ(x, y_l)) ]          (Eq. 2)
 
-The head reads the hidden state of the LAST real token of prompt ⊕ response, the only position that has
-seen the whole text. ``models.encode_pairs`` lays rows out as ``[pads, prompt | response, pads]``, so that
-token is where the attention mask is last 1, not the last column. Bradley–Terry sees only differences
-r(x, y_w) − r(x, y_l), so r is identifiable only up to a shift (notebook 01): the head has no bias (its
-gradient would be 0, as is, up to rounding, that of GPT-2's final LayerNorm bias, which only shifts r
-too), and ``center_rewards`` picks the shift afterwards (or ``center_rewards_coefficient`` in training).
+The head reads the last real token of prompt ⊕ response. Notes: docs/notes.md#reward-model.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,7 +19,7 @@ from torch import Tensor, nn
 
 from .losses import bradley_terry_loss
 from .models import encode_pairs, load_local_or_hub, position_ids_from_mask, token_ids
-from .training import TrainConfig, train_loop
+from .training import TrainConfig, minimize, train_loop
 from .validate import check_int
 
 HEAD_FILE = "reward_head.safetensors"  # head weight and offset; the backbone is a plain transformers folder
@@ -123,7 +114,7 @@ class RewardModel(nn.Module):
         return model.to(device) if device is not None else model
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig(TrainConfig):
     """Bradley–Terry training on preference pairs; the shared fields are documented in ``TrainConfig``."""
 
@@ -138,15 +129,6 @@ class RewardConfig(TrainConfig):
         if not (isinstance(c, (int, float)) and 0 <= c < float("inf")):
             raise ValueError(f"center_rewards_coefficient must be a finite number ≥ 0, got {c!r}")
         check_int("eval_batch_size", self.eval_batch_size, 1)
-
-    @classmethod
-    def from_preset(cls, preset, **overrides) -> "RewardConfig":
-        """The preset's reward-model sizes (``rm_*`` fields), any field replaced by ``overrides``."""
-        sizes = {"epochs": preset.rm_epochs, "batch_size": preset.rm_batch_size, "lr": preset.rm_lr}
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RewardConfig field(s) {sorted(unknown)}")
-        return cls(**{**sizes, **overrides})
 
 
 def _tokenize_pairs(tokenizer, pairs: Sequence[dict]) -> list[tuple[list[int], list[int], list[int]]]:
@@ -247,8 +229,8 @@ def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], con
         raise ValueError(f"model must be a RewardModel (RewardModel.from_policy), got {type(model).__name__}")
     tokenized = _tokenize_pairs(tokenizer, pairs)
 
-    def step_fn(batch):
-        chosen, rejected = _pair_rewards(model, tokenizer, batch)
+    def loss_fn(rows):
+        chosen, rejected = _pair_rewards(model, tokenizer, rows)
         loss = bradley_terry_loss(chosen, rejected)  # −E log σ(r_w − r_l)   (Eq. 2)
         if config.center_rewards_coefficient:
             # Eisenstein et al. (2023), as TRL: + c · E[(r_w + r_l)²] pins the free shift near 0.
@@ -260,6 +242,7 @@ def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], con
         def eval_fn():
             return evaluate_reward_model(model, tokenizer, eval_pairs, config.eval_batch_size)
 
-    metrics = train_loop(model, tokenized, step_fn, config, callback=callback, checkpoint_dir=checkpoint_dir,
-                         eval_fn=eval_fn, desc="reward model")
+    metrics = train_loop(model, tokenized, minimize(loss_fn, config.grad_accum_steps), config,
+                         callback=callback, checkpoint_dir=checkpoint_dir, eval_fn=eval_fn,
+                         desc="reward model")
     return model, metrics

@@ -1,25 +1,19 @@
-"""The ground-truth reward of the sentiment task: r(x, y) = p(positive | x + y).
+"""The ground-truth reward of the sentiment task: r(x, y) = p(positive | x ⊕ y) (DPO paper §6.1).
 
-DPO paper §6.1 (controlled sentiment generation): given a prefix x of an IMDb review, the
-policy must continue it with positive sentiment. The paper scores samples with the
-pre-trained classifier ``siebert/sentiment-roberta-large-english`` (Appendix C.1); TRL's
-GPT-2 sentiment example uses ``lvwerra/distilbert-imdb``. Both need the Hugging Face Hub.
-Offline, the reward is a TF-IDF + logistic-regression classifier trained on the IMDb labels
-in seconds (held-out accuracy 0.88 with 4,000 training reviews, 0.91 with 20,000): the same
-kind of object, a function from texts to p(positive) ∈ [0, 1].
+The paper's judge is the classifier ``siebert/sentiment-roberta-large-english`` (App. C.1); offline, a
+TF-IDF + logistic regression trained on the IMDb labels in seconds (held-out accuracy 0.88 on 4,000
+reviews, 0.91 on 20,000) plays the same part: a function from texts to p(positive) ∈ [0, 1]. It is the
+labeller of the preferences, not RLHF's learned reward model.
 
-    reward = make_reward("tfidf", n_reviews=5000, run_dir=run)   # offline; saved in run/
-    reward = make_reward("lvwerra/distilbert-imdb", device="cuda")  # a GPU preset
-    reward(["What a wonderful film!", "What a waste of time."])  # tensor([0.91, 0.07]) (tfidf)
-
-The Bradley–Terry preferences of notebook 04 are sampled from this reward; it plays the
-role of the human labeller, so it is *not* the learned reward model of RLHF.
+    reward = make_reward("tfidf", n_reviews=5000)                       # offline
+    reward(["What a wonderful film!", "What a waste of time."])         # tensor([0.91, 0.07])
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +25,21 @@ HUB_MODELS = {
     "siebert/sentiment-roberta-large-english": "the DPO paper's classifier (RoBERTa-large)",
     "lvwerra/distilbert-imdb": "TRL's classifier (DistilBERT fine-tuned on IMDb)",
 }
-SAVE_PATH = Path("sentiment") / "tfidf.joblib"  # inside a run folder
+SAVE_FILE = "tfidf.joblib"  # inside the ground-truth stage's folder
+
+
+@dataclass(frozen=True)
+class GroundTruthConfig:
+    """The judge that labels preferences and scores every evaluation."""
+
+    classifier: str = TFIDF  # "tfidf" (trained here on IMDb labels) or a Hub classifier id
+    reviews: int = 4000  # labelled IMDb reviews the "tfidf" classifier learns from (a fifth held out)
+
+    def __post_init__(self):
+        if not isinstance(self.classifier, str) or not self.classifier:
+            raise ValueError(f"classifier must be {TFIDF!r} or a Hub model id, got {self.classifier!r}")
+        if not isinstance(self.reviews, int) or isinstance(self.reviews, bool) or self.reviews < 10:
+            raise ValueError(f"reviews must be an int ≥ 10, got {self.reviews!r}")
 
 
 class SentimentReward:
@@ -134,23 +142,23 @@ class TfidfSentiment(SentimentReward):
         column = list(self.pipeline.classes_).index(1)
         return torch.from_numpy(self.pipeline.predict_proba(texts)[:, column].copy())
 
-    def save(self, run_dir: str | Path) -> Path:
-        """Write to ``run_dir/sentiment/tfidf.joblib`` (a pickle: load only files you wrote)."""
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/tfidf.joblib`` (a pickle: load only files you wrote)."""
         import joblib
         import sklearn
 
-        path = Path(run_dir) / SAVE_PATH
+        path = Path(folder) / SAVE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         joblib.dump({"pipeline": self.pipeline, "accuracy": self.accuracy, "info": self.info,
                      "sklearn": sklearn.__version__}, path)
         return path
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "TfidfSentiment":
-        """Read what :meth:`save` wrote into ``run_dir``."""
+    def load(cls, folder: str | Path) -> "TfidfSentiment":
+        """Read what :meth:`save` wrote into ``folder``."""
         import joblib
 
-        path = Path(run_dir) / SAVE_PATH
+        path = Path(folder) / SAVE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no saved tfidf sentiment classifier at {path}")
         saved = joblib.load(path)
@@ -201,7 +209,7 @@ class HubSentiment(SentimentReward):
 
         if batch_size < 1 or max_length < 1:
             raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size}, {max_length}")
-        from .presets import hub_reachable
+        from .models import hub_reachable
 
         # Offline, read the local cache only: fail at once instead of retrying for a minute.
         local = Path(name).is_dir() or not hub_reachable()
@@ -240,26 +248,13 @@ class HubSentiment(SentimentReward):
         return torch.cat(out)
 
 
-def make_reward(
-    name: str = TFIDF,
-    *,
-    run_dir: str | Path | None = None,
-    reviews: Sequence | None = None,
-    n_reviews: int | None = None,
-    eval_size: int | float = 0.2,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    batch_size: int = 32,
-    positive_label: str | int | None = None,
-    verbose: bool = True,
-) -> SentimentReward:
-    """The ground-truth reward a preset names: ``"tfidf"`` or a Hub id (see ``HUB_MODELS``).
-
-    ``"tfidf"`` loads ``run_dir/sentiment/tfidf.joblib`` when it exists; else it trains on
-    ``reviews`` (:class:`~dpo_edu.data.Review` records) or on ``n_reviews`` balanced bundled
-    IMDb reviews, and saves into ``run_dir`` when given. A Hub classifier is measured on
-    ``reviews`` when they are given.
-    """
+def make_reward(name: str = TFIDF, *, reviews: Sequence | None = None, n_reviews: int | None = None,
+                eval_size: int | float = 0.2, seed: int = 0, device: str | torch.device | None = None,
+                batch_size: int = 32, positive_label: str | int | None = None,
+                verbose: bool = True) -> SentimentReward:
+    """The ground-truth reward ``name`` names: ``"tfidf"``, trained on ``reviews`` (``data.Review``
+    records) or on ``n_reviews`` balanced bundled IMDb reviews; or a Hub classifier, measured on
+    ``reviews`` when they are given."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be {TFIDF!r} or a Hub model id, got {name!r}")
     if name != TFIDF:
@@ -269,21 +264,11 @@ def make_reward(
         if verbose:
             print(f"sentiment reward: {name} ({HUB_MODELS.get(name, 'a sequence classifier')}), {reward!r}")
         return reward
-    if run_dir is not None and (Path(run_dir) / SAVE_PATH).is_file():
-        reward = TfidfSentiment.load(run_dir)
-        if verbose:
-            print(f"sentiment reward: loaded {Path(run_dir) / SAVE_PATH}, {reward!r}")
-        return reward
     if reviews is None:
         if n_reviews is None:
             raise ValueError("training the tfidf reward needs reviews=... or n_reviews=<int>")
         from .data import load_imdb
 
         reviews = load_imdb(n=n_reviews, seed=seed, verbose=verbose)
-    reward = TfidfSentiment.fit([r.text for r in reviews], [r.label for r in reviews],
-                                eval_size=eval_size, seed=seed, verbose=verbose)
-    if run_dir is not None:
-        path = reward.save(run_dir)
-        if verbose:
-            print(f"sentiment reward: saved to {path}")
-    return reward
+    return TfidfSentiment.fit([r.text for r in reviews], [r.label for r in reviews],
+                              eval_size=eval_size, seed=seed, verbose=verbose)

@@ -1,20 +1,14 @@
-"""Supervised fine-tuning (SFT): the policy learns to write IMDb reviews, and becomes π_ref.
+"""Supervised fine-tuning (SFT): GPT-2 learns to write IMDb reviews and becomes π_ref (DPO paper §3, §6.1).
 
-The DPO paper's pipeline starts from π^SFT, a pretrained LM fine-tuned on data of the task (§3), and sets
-π_ref = π^SFT (§4); for controlled sentiment (§6.1) that is GPT-2 fine-tuned on IMDb reviews. SFT
-minimises the causal-LM loss, the mean negative log-likelihood of every review token given those before:
+    L_SFT(θ) = −(1/N) Σ_i Σ_t log π_θ(y_i,t | y_i,<t),   N = the tokens scored (a token-weighted mean)
 
-    L_SFT(θ) = −(1/N) Σ_i Σ_{t ≥ 1} log π_θ(y_{i,t} | y_{i,<t}),   N = the number of tokens scored,
-
-a token-weighted mean: a long review weighs more than a short one, as in Hugging Face and TRL. Each
-review ends with EOS, so the model also learns where a review stops; rows are LEFT-padded (the
-tokenizer's side) with positions counted from the attention mask, and pads are never scored.
+Each review ends with EOS (the model learns to stop); rows are left-padded, pads never scored.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -22,13 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .models import position_ids_from_mask
-from .training import TrainConfig, train_loop
+from .training import TrainConfig, minimize, train_loop
 from .validate import check_int
 
 IGNORE_INDEX = -100  # label of a position that is not scored (F.cross_entropy's ignore_index)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning on review texts; the shared fields are documented in ``TrainConfig``."""
 
@@ -42,16 +36,6 @@ class SFTConfig(TrainConfig):
         super().__post_init__()
         check_int("max_length", self.max_length, 2)  # at least one token to predict from one before it
         check_int("eval_batch_size", self.eval_batch_size, 1)
-
-    @classmethod
-    def from_preset(cls, preset, **overrides) -> "SFTConfig":
-        """The preset's SFT sizes (``sft_*`` fields and ``max_length``), any field replaced by ``overrides``."""
-        sizes = {"steps": preset.sft_steps, "batch_size": preset.sft_batch_size, "lr": preset.sft_lr,
-                 "warmup_steps": preset.sft_warmup_steps, "max_length": preset.max_length}
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown SFTConfig field(s) {sorted(unknown)}")
-        return cls(**{**sizes, **overrides})
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
@@ -150,8 +134,8 @@ def train_sft(model, tokenizer, texts: Sequence[str], config: SFTConfig | None =
         raise ValueError("tokenizer needs a pad token distinct from EOS (models.load_tokenizer adds one)")
     sequences = encode_texts(tokenizer, texts, config.max_length)  # ≥ 2 tokens each: a text's first + EOS
 
-    def step_fn(batch: list[list[int]]):
-        nll, n, correct = lm_loss_sum(model, collate(batch, tokenizer.pad_token_id))
+    def loss_fn(rows: list[list[int]]):
+        nll, n, correct = lm_loss_sum(model, collate(rows, tokenizer.pad_token_id))
         loss = nll / n  # L_SFT: the token-weighted mean over the whole batch
         return loss, {"mean_token_accuracy": correct / n, "tokens": n}
 
@@ -160,6 +144,6 @@ def train_sft(model, tokenizer, texts: Sequence[str], config: SFTConfig | None =
         def eval_fn():
             return evaluate_sft(model, tokenizer, eval_texts, config.max_length, config.eval_batch_size)
 
-    metrics = train_loop(model, sequences, step_fn, config, callback=callback, checkpoint_dir=checkpoint_dir,
-                         eval_fn=eval_fn, desc="SFT")
+    metrics = train_loop(model, sequences, minimize(loss_fn, config.grad_accum_steps), config,
+                         callback=callback, checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, desc="SFT")
     return model, metrics

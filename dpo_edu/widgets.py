@@ -144,21 +144,21 @@ def explore_samples(samples: list[dict], model_scores: list[list[float]] | None 
     return explorer(controls, render)
 
 
-def explore_runs(runs: dict[str, dict], reference_reward: float):
+def explore_runs(runs: dict, reference_reward: float):
     """Pick a run → its points highlighted on the reward–KL frontier and its latest samples listed.
 
-    ``runs`` maps a run name to ``pipeline.dpo_run`` / ``ppo_run`` results (``metrics``, ``samples``).
+    ``runs`` maps a run name to what ``pipeline.dpo_run`` / ``ppo_run`` return (``.metrics``, ``.samples``).
     """
-    frontier = {name: run["metrics"] for name, run in runs.items()}
+    frontier = {name: run.metrics for name, run in runs.items()}
 
     def render(run):
-        samples = runs[run]["samples"][:6]
+        samples = runs[run].samples[:6]
         rows = "".join(
             f"<tr><td>{html.escape(s['prompt'])}</td><td>{html.escape(s['completion'])}</td>"
             f"<td>{s['reward']:.3f}</td><td>{s['kl']:.2f}</td></tr>"
             for s in samples
         )
-        last = [row for row in runs[run]["metrics"] if "eval/reward" in row][-1]
+        last = [row for row in runs[run].metrics if "eval/reward" in row][-1]
         text = (
             f"{run}: reward {last['eval/reward']:.3f}, KL {last['eval/kl']:.2f}"
             f"<table><tr><th>prompt</th><th>completion</th><th>reward</th><th>KL</th></tr>{rows}</table>"

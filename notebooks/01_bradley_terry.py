@@ -44,7 +44,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the sizes of the experiments below
 SEED = 0  # seeds every random draw, so every number below is reproducible
-PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
+PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"ppo.steps": 8} (all of them: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 N_ITEMS = 8  # items (think: responses to one prompt) that carry a hidden reward
 REWARD_SCALE = 1.0  # standard deviation of the hidden rewards
@@ -62,8 +62,8 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_bradley_terry
 
-preset = get_preset(PRESET, **PRESET_OVERRIDES)
-counts = np.unique(np.geomspace(50, preset.bt_max_comparisons, 8).astype(int)).tolist()
+preset = get_preset(PRESET, PRESET_OVERRIDES)
+counts = np.unique(np.geomspace(50, preset.toy.bt_max_comparisons, 8).astype(int)).tolist()
 
 # %% [markdown]
 # ## 1. The Bradley–Terry model
@@ -158,7 +158,7 @@ plots.plot_bt_recovery(recovery)
 # several seeds) and fit the slope on a log–log scale; it should be close to $-\tfrac12$.
 
 # %%
-errors = bt.error_curve(N_ITEMS, counts, REWARD_SCALE, repeats=preset.bt_repeats, seed=SEED)
+errors = bt.error_curve(N_ITEMS, counts, REWARD_SCALE, repeats=preset.toy.bt_repeats, seed=SEED)
 slope = np.polyfit(np.log(counts), np.log(errors.numpy()), 1)[0]
 print(pd.DataFrame({"comparisons": counts, "median RMS error": errors.numpy().round(4)}).to_string(index=False))
 print(f"log–log slope: {slope:.2f}")

@@ -48,7 +48,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the number of optimiser steps
 SEED = 0  # seeds the random problem
-PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
+PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"ppo.steps": 8} (all of them: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 N_PROMPTS = 4  # prompts x in the toy problem
 N_RESPONSES = 6  # responses y per prompt
@@ -64,7 +64,7 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_optimal_policy
 
-preset = get_preset(PRESET, **PRESET_OVERRIDES)
+preset = get_preset(PRESET, PRESET_OVERRIDES)
 bandit = toy.random_bandit(N_PROMPTS, N_RESPONSES, reward_scale=1.0, seed=SEED)
 
 # %% [markdown]
@@ -133,8 +133,8 @@ pd.DataFrame(
 # $\max_{x,y} |\pi_\theta - \pi^*|$ should fall toward zero.
 
 # %%
-ascent = tabular.ascend_objective(bandit, BETA, steps=preset.toy_steps, lr=0.05)
-print(f"after {preset.toy_steps} steps: max |π − π*| = {ascent.history['max_abs_error'][-1]:.2e}, "
+ascent = tabular.ascend_objective(bandit, BETA, steps=preset.toy.steps, lr=0.05)
+print(f"after {preset.toy.steps} steps: max |π − π*| = {ascent.history['max_abs_error'][-1]:.2e}, "
       f"J = {ascent.history['objective'][-1]:.6f}, β log Z (mean) = {BETA * log_z.mean().item():.6f}")
 record("ascent_max_abs_error", ascent.history["max_abs_error"][-1])
 

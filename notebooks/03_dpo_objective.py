@@ -42,7 +42,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": sets the number of pairs and optimiser steps
 SEED = 0  # seeds the problem and the sampled preferences
-PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
+PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"ppo.steps": 8} (all of them: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 N_PROMPTS = 4  # prompts x in the toy problem
 N_RESPONSES = 6  # responses y per prompt
@@ -61,7 +61,7 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_dpo_loss
 
-preset = get_preset(PRESET, **PRESET_OVERRIDES)
+preset = get_preset(PRESET, PRESET_OVERRIDES)
 bandit = toy.random_bandit(N_PROMPTS, N_RESPONSES, reward_scale=1.0, seed=SEED)
 pi_star = toy.optimal_policy(bandit.ref, bandit.reward, BETA)
 
@@ -130,7 +130,7 @@ record("z_cancels_max_error", z_cancel_error)
 # labelled by a Bradley–Terry coin flip with the true reward.
 
 # %%
-pairs = tabular.sample_pairs(bandit, preset.toy_pairs, seed=SEED + 1)
+pairs = tabular.sample_pairs(bandit, preset.toy.pairs, seed=SEED + 1)
 ref_logits = bandit.ref.log()
 ref_chosen, ref_rejected = tabular.pair_logps(ref_logits, pairs)
 loss_at_ref, metrics_at_ref = dpo_loss(ref_chosen, ref_rejected, ref_chosen, ref_rejected, BETA)
@@ -193,8 +193,8 @@ explore_dpo_loss() if INTERACTIVE else plots.plot_dpo_loss(margin=1.0, label_smo
 # For comparison, gradient ascent on the RLHF objective with the *true* reward (notebook 02):
 
 # %%
-dpo = tabular.train_dpo(bandit, pairs, BETA, steps=preset.toy_steps, lr=0.05)
-ascent = tabular.ascend_objective(bandit, BETA, steps=preset.toy_steps, lr=0.05)
+dpo = tabular.train_dpo(bandit, pairs, BETA, steps=preset.toy.steps, lr=0.05)
+ascent = tabular.ascend_objective(bandit, BETA, steps=preset.toy.steps, lr=0.05)
 dpo_error = dpo.history["max_abs_error"][-1]
 print(f"max |π − π*|: DPO on {len(pairs):,} pairs {dpo_error:.3f}; "
       f"RLHF objective with the true reward {ascent.history['max_abs_error'][-1]:.1e}")
@@ -254,10 +254,10 @@ worst = det_bandit.reward.argmin(-1, keepdim=True)
 variants = {f"DPO beta={b}": ("sigmoid", b, 0.0) for b in (0.1, 1.0, 10.0)}
 variants.update({"IPO beta=1.0": ("ipo", 1.0, 0.0), "cDPO beta=1.0 eps=0.1": ("sigmoid", 1.0, 0.1)})
 det_runs = {
-    name: tabular.train_dpo(det_bandit, det_pairs, b, steps=preset.toy_steps, lr=0.05, loss_type=lt, label_smoothing=ls)
+    name: tabular.train_dpo(det_bandit, det_pairs, b, steps=preset.toy.steps, lr=0.05, loss_type=lt, label_smoothing=ls)
     for name, (lt, b, ls) in variants.items()
 }
-tail = max(preset.toy_steps // 10, 2)
+tail = max(preset.toy.steps // 10, 2)
 det_table = pd.DataFrame(
     {
         name: {
@@ -293,7 +293,7 @@ plots.plot_convergence(
 # - Tabular DPO converges to $\pi^*$ without ever seeing $r$; its implicit reward equals $r$ up to $f(x)$.
 # - With deterministic preferences DPO drives $\pi(y_l)\to 0$; IPO and cDPO keep it bounded.
 #
-# **Try it:** (1) derive the IPO minimiser's margin; (2) double `preset.toy_pairs`: how does the
+# **Try it:** (1) derive the IPO minimiser's margin; (2) double `preset.toy.pairs`: how does the
 # distance to $\pi^*$ change? (3) rerun section 8 with `loss_type="hinge"` — bounded or not?
 #
 # Next: **04 · GPT-2, IMDb and preferences** — the same ideas on a language model.

@@ -53,7 +53,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
 SEED = 0  # seeds data splits, training and sampling
-PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
+PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"ppo.steps": 8} (all of them: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 RUN_DIR = ""  # run folder for this preset's artifacts; "" means runs/<preset> at the repository root
 
@@ -64,13 +64,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dpo_edu import data, pipeline, plots, reward_model
+from dpo_edu import pipeline, plots, reward_model
 from dpo_edu.live import LiveCurves
 from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_samples
 
-preset = get_preset(PRESET, **PRESET_OVERRIDES)
+preset = get_preset(PRESET, PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
 print(f"run folder: {run_dir}")
 torch.manual_seed(SEED)
@@ -84,7 +84,7 @@ torch.manual_seed(SEED)
 # notebook 05 compares policies.
 
 # %%
-train_reviews, eval_reviews = pipeline.imdb_splits(preset, SEED)
+train_reviews, eval_reviews = pipeline.imdb_splits(preset, seed=SEED)
 print(f"{len(train_reviews):,} training reviews, {len(eval_reviews):,} held out")
 pd.DataFrame(
     {"label": [r.label for r in train_reviews[:4]], "review (first 150 characters)": [r.text[:150] for r in train_reviews[:4]]}
@@ -111,15 +111,16 @@ pd.DataFrame(
 
 # %%
 sft_curves = LiveCurves([["loss", "eval_loss"], ["mean_token_accuracy"]], title="SFT")
-policy, tokenizer, sft_metrics = pipeline.reference_policy(preset, run_dir, SEED, callback=sft_curves)
-final = sft_metrics[-1]
+ref = pipeline.reference_policy(preset, run_dir, seed=SEED, callback=sft_curves)
+policy, tokenizer = ref.policy, ref.tokenizer
+final = ref.metrics[-1]
 print(f"SFT: {final['step']} steps, held-out loss {final['eval_loss']:.3f}, perplexity {final['eval_perplexity']:.1f} "
       f"(uniform guess: {len(tokenizer):,})")
 record("sft_eval_perplexity", final["eval_perplexity"])
 record("vocabulary_size", len(tokenizer))
 
 # %%
-plots.plot_training_curves({"SFT": sft_metrics}, [["loss", "eval_loss"], ["mean_token_accuracy"]])
+plots.plot_training_curves({"SFT": ref.metrics}, [["loss", "eval_loss"], ["mean_token_accuracy"]])
 
 # %% [markdown]
 # ## 2. The ground-truth reward
@@ -131,7 +132,7 @@ plots.plot_training_curves({"SFT": sft_metrics}, [["loss", "eval_loss"], ["mean_
 # the `gpt2` preset uses the paper's `siebert/sentiment-roberta-large-english` from the Hub.
 
 # %%
-reward = pipeline.ground_truth_reward(preset, run_dir, SEED)
+reward = pipeline.ground_truth_reward(preset, run_dir, seed=SEED)
 examples = ["This movie was a wonderful surprise, I loved it.", "A dull, boring waste of two hours.", "The film"]
 print(pd.Series(reward(examples).numpy(), index=examples).round(3).to_string())
 record("classifier_accuracy", reward.accuracy)
@@ -149,16 +150,16 @@ record("classifier_accuracy", reward.accuracy)
 # never saw.
 
 # %%
-train_pairs, eval_pairs, pair_summary = pipeline.preference_pairs(preset, run_dir, policy, tokenizer, reward, SEED)
-print(f"{len(train_pairs):,} training pairs, {len(eval_pairs):,} held-out pairs")
-record("pair_prompts", pair_summary.n_prompts)
-record("pairs_total", pair_summary.n_pairs)
-record("pairs_candidate", pair_summary.n_candidate_pairs)
-record("pairs_skipped", pair_summary.skipped)
-record("sft_mean_reward", pair_summary.mean_reward)
+pairs = pipeline.preference_pairs(preset, run_dir, ref=ref, reward=reward, seed=SEED)
+print(f"{len(pairs.train):,} training pairs, {len(pairs.eval):,} held-out pairs")
+record("pair_prompts", pairs.summary.n_prompts)
+record("pairs_total", pairs.summary.n_pairs)
+record("pairs_candidate", pairs.summary.n_candidate_pairs)
+record("pairs_skipped", pairs.summary.skipped)
+record("sft_mean_reward", pairs.summary.mean_reward)
 
 # %%
-pd.DataFrame(train_pairs[:6])[["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"]].round(3)
+pd.DataFrame(pairs.train[:6])[["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"]].round(3)
 
 # %% [markdown]
 # ## 4. A Bradley–Terry reward model
@@ -178,13 +179,13 @@ pd.DataFrame(train_pairs[:6])[["prompt", "chosen", "rejected", "chosen_reward", 
 
 # %%
 rm_curves = LiveCurves([["loss", "eval_loss"], ["accuracy", "eval_accuracy"]], title="reward model")
-rm, rm_metrics = pipeline.reward_model(preset, run_dir, tokenizer, train_pairs, eval_pairs, SEED, callback=rm_curves)
-rm_accuracy = reward_model.pair_accuracy(rm, tokenizer, eval_pairs)
-print(f"reward model: held-out pair accuracy {rm_accuracy:.3f} on {len(eval_pairs):,} pairs")
+rm = pipeline.reward_model(preset, run_dir, ref=ref, pairs=pairs, seed=SEED, callback=rm_curves)
+rm_accuracy = reward_model.pair_accuracy(rm.model, tokenizer, pairs.eval)
+print(f"reward model: held-out pair accuracy {rm_accuracy:.3f} on {len(pairs.eval):,} pairs")
 record("reward_model_accuracy", rm_accuracy)
 
 # %%
-plots.plot_training_curves({"reward model": rm_metrics}, [["loss", "eval_loss"], ["accuracy", "eval_accuracy"]])
+plots.plot_training_curves({"reward model": rm.metrics}, [["loss", "eval_loss"], ["accuracy", "eval_accuracy"]])
 
 # %% [markdown]
 # The reward model only sees *which* completion won, never the classifier's probability; how well
@@ -192,11 +193,10 @@ plots.plot_training_curves({"reward model": rm_metrics}, [["loss", "eval_loss"],
 # defined up to a per-prompt shift, so we compare the *differences* within each pair.)
 
 # %%
-chosen_scores = reward_model.score(rm, tokenizer, [p["prompt"] for p in eval_pairs], [p["chosen"] for p in eval_pairs])
-rejected_scores = reward_model.score(
-    rm, tokenizer, [p["prompt"] for p in eval_pairs], [p["rejected"] for p in eval_pairs]
-)
-true_margins = torch.tensor([p["chosen_reward"] - p["rejected_reward"] for p in eval_pairs])
+eval_prompts = [p["prompt"] for p in pairs.eval]
+chosen_scores = reward_model.score(rm.model, tokenizer, eval_prompts, [p["chosen"] for p in pairs.eval])
+rejected_scores = reward_model.score(rm.model, tokenizer, eval_prompts, [p["rejected"] for p in pairs.eval])
+true_margins = torch.tensor([p["chosen_reward"] - p["rejected_reward"] for p in pairs.eval])
 model_margins = chosen_scores - rejected_scores
 correlation = torch.corrcoef(torch.stack([true_margins, model_margins.float()]))[0, 1].item()
 print(f"correlation of reward-model margins with ground-truth margins on held-out pairs: {correlation:.3f}")
@@ -209,9 +209,9 @@ record("reward_margin_correlation", correlation)
 # and the reward model's scores (orange), and the six pairs they make.
 
 # %%
-samples = data.load_jsonl(run_dir / "pairs" / "samples.jsonl")[:50]
+samples = pairs.scored[:50]
 sample_scores = [
-    reward_model.score(rm, tokenizer, [s["prompt"]] * len(s["completions"]), s["completions"]).tolist()
+    reward_model.score(rm.model, tokenizer, [s["prompt"]] * len(s["completions"]), s["completions"]).tolist()
     for s in samples
 ]
 explore_samples(samples, sample_scores) if INTERACTIVE else plots.plot_prompt_samples(
@@ -226,7 +226,7 @@ explore_samples(samples, sample_scores) if INTERACTIVE else plots.plot_prompt_sa
 #
 # **Try it:** (1) the completions of the `ci` preset are barely English — what does that do to the
 # preference labels? (2) Why would training the reward model for several epochs *lower* its held-out
-# accuracy? (3) Label the pairs with `score_prompt=False` (`preferences.build_preference_data`):
+# accuracy? (3) Label the pairs with `score_prompt=False` (`preferences.make_preference_data`):
 # which reward is fairer to the completion?
 #
 # Next: **05 · RLHF vs DPO** — two ways to climb this reward, side by side.

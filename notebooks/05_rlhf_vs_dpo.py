@@ -48,7 +48,7 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
 SEED = 0  # seeds training, sampling and evaluation
-PRESET_OVERRIDES = {}  # preset fields to replace, e.g. {"ppo_steps": 8} (names and meanings: dpo_edu/presets.py)
+PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"ppo.steps": 8} (all of them: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 RUN_DIR = ""  # run folder shared with notebook 04; "" means runs/<preset> at the repository root
 DPO_BETAS = []  # β of each DPO run; [] means the preset's sweep
@@ -68,10 +68,10 @@ from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.widgets import explore_runs
 
-preset = get_preset(PRESET, **PRESET_OVERRIDES)
+preset = get_preset(PRESET, PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
-betas = list(DPO_BETAS) or list(preset.dpo_beta_sweep)
-targets = list(PPO_TARGETS) or list(preset.ppo_target_sweep)
+betas = list(DPO_BETAS) or list(preset.frontier.dpo_betas)
+targets = list(PPO_TARGETS) or list(preset.frontier.ppo_targets)
 print(f"run folder: {run_dir}; DPO β: {betas}; PPO target KL: {targets}")
 
 # %% [markdown]
@@ -80,21 +80,21 @@ print(f"run folder: {run_dir}; DPO β: {betas}; PPO target KL: {targets}")
 # Each stage is loaded from the run folder, or built now if this notebook runs first.
 
 # %%
-policy, tokenizer, _ = pipeline.reference_policy(preset, run_dir, SEED)
-reward = pipeline.ground_truth_reward(preset, run_dir, SEED)
-train_pairs, eval_pairs, _ = pipeline.preference_pairs(preset, run_dir, policy, tokenizer, reward, SEED)
-reward_model, _ = pipeline.reward_model(preset, run_dir, tokenizer, train_pairs, eval_pairs, SEED)
-train_prompts = sorted({pair["prompt"] for pair in train_pairs})  # PPO samples its own completions of these
-prompts = pipeline.eval_prompts(preset, tokenizer, preset.eval_pair_prompts, SEED)
-print(f"{len(train_pairs):,} training pairs over {len(train_prompts):,} prompts; {len(prompts)} held-out prompts")
+ref = pipeline.reference_policy(preset, run_dir, seed=SEED)
+policy, tokenizer = ref.policy, ref.tokenizer
+reward = pipeline.ground_truth_reward(preset, run_dir, seed=SEED)
+pairs = pipeline.preference_pairs(preset, run_dir, ref=ref, reward=reward, seed=SEED)
+rm = pipeline.reward_model(preset, run_dir, ref=ref, pairs=pairs, seed=SEED)
+train_prompts = sorted({pair["prompt"] for pair in pairs.train})  # PPO samples its own completions of these
+prompts = pipeline.eval_prompts(preset, tokenizer, preset.frontier.eval_prompts, seed=SEED)
+print(f"{len(pairs.train):,} training pairs over {len(train_prompts):,} prompts; {len(prompts)} held-out prompts")
 
 # %% [markdown]
 # The starting point: samples of $\pi_\text{ref}$ itself (KL 0) on the held-out prompts.
 
 # %%
 sft_eval, sft_samples = evaluate.evaluate_policy(
-    policy, policy, tokenizer, prompts, reward, preset.max_new_tokens, preset.temperature, seed=SEED,
-    batch_size=len(prompts),
+    policy, policy, tokenizer, prompts, reward, preset.generation, seed=SEED, batch_size=len(prompts)
 )
 print(f"π_ref: ground-truth reward {sft_eval['eval/reward']:.3f}")
 record("sft_reward", sft_eval["eval/reward"])
@@ -122,17 +122,19 @@ runs = {}
 for beta in betas:
     name = f"DPO β={beta:g}"
     runs[name] = pipeline.dpo_run(
-        preset, run_dir, beta, tokenizer, train_pairs, prompts, reward, SEED, N_EVALS, callback=dashboard.run(name)
+        preset, run_dir, ref=ref, pairs=pairs, reward=reward, prompts=prompts, beta=beta, seed=SEED, n_evals=N_EVALS,
+        callback=dashboard.run(name),
     )
 for target in targets:
     name = f"PPO KL→{target:g}"
     runs[name] = pipeline.ppo_run(
-        preset, run_dir, target, tokenizer, train_prompts, prompts, reward, SEED, N_EVALS, callback=dashboard.run(name)
+        preset, run_dir, ref=ref, reward=reward, prompts=prompts, train_prompts=train_prompts, target_kl=target,
+        reward_model=rm, seed=SEED, n_evals=N_EVALS, callback=dashboard.run(name),
     )
 
 # %%
 plots.plot_training_curves(
-    {name: run["metrics"] for name, run in runs.items()},
+    {name: run.metrics for name, run in runs.items()},
     [["eval/reward"], ["eval/kl"], ["logps/chosen", "logps/rejected"]],
 )
 
@@ -149,12 +151,12 @@ plots.plot_training_curves(
 # clips a few percent. With a learning rate too high for the batch, noisy updates wander away from
 # $\pi_\text{ref}$ whatever the penalty. While tuning the `cpu` preset we measured it: at a learning rate of
 # 1e-4 PPO clipped ~25 % of tokens and the KL reached 3 even at a fixed β of 2, where the optimum stays near
-# $\pi_\text{ref}$; at 3e-5 (the preset's) it clips ~3 %. *Try it:* `PRESET_OVERRIDES = {"ppo_lr": 1e-4}`
+# $\pi_\text{ref}$; at 3e-5 (the preset's) it clips ~3 %. *Try it:* `PRESET_OVERRIDES = {"ppo.lr": 1e-4}`
 # (only the PPO runs are rebuilt; SFT, the pairs, the reward model and DPO are reused).
 
 # %%
 plots.plot_training_curves(
-    {name: run["metrics"] for name, run in runs.items() if name.startswith("PPO")},
+    {name: run.metrics for name, run in runs.items() if name.startswith("PPO")},
     [["objective/kl"], ["objective/kl_coef"], ["policy/clipfrac"]],
 )
 
@@ -169,7 +171,7 @@ plots.plot_training_curves(
 # 64 PPO steps are far from the paper's runs; read the picture as what these budgets buy, not as a verdict.
 
 # %%
-frontier = {name: run["metrics"] for name, run in runs.items()}
+frontier = {name: run.metrics for name, run in runs.items()}
 plots.plot_frontier(frontier, sft_eval["eval/reward"])
 
 # %%
@@ -203,7 +205,7 @@ record("ppo_best_reward_at_kl", best_at_bounded_kl("PPO"))
 table = pd.DataFrame({"prompt": [s["prompt"] for s in sft_samples[:8]]})
 table["SFT"] = [f"{s['completion']}  ({s['reward']:.2f})" for s in sft_samples[:8]]
 for name in (f"DPO β={betas[0]:g}", f"PPO KL→{targets[0]:g}"):
-    table[name] = [f"{s['completion']}  ({s['reward']:.2f})" for s in runs[name]["samples"][:8]]
+    table[name] = [f"{s['completion']}  ({s['reward']:.2f})" for s in runs[name].samples[:8]]
 table
 
 # %% [markdown]
@@ -219,10 +221,7 @@ table
 # (gradients, optimiser state, activations, samples), not what the notebook held before.
 
 # %%
-rm_cost = pipeline.stage_cost(run_dir / "reward_model")
-costs = pd.DataFrame(
-    {name: run["cost"] for name, run in runs.items()} | {"reward model (RLHF only)": rm_cost}
-).T
+costs = pd.DataFrame({name: run.cost for name, run in runs.items()} | {"reward model (RLHF only)": rm.cost}).T
 print(costs.to_string())
 dpo_mean = costs[costs.index.str.startswith("DPO")].mean()
 rlhf_mean = costs[costs.index.str.startswith("PPO")].mean() + costs.loc["reward model (RLHF only)"]
@@ -253,5 +252,5 @@ explore_runs(runs, sft_eval["eval/reward"]) if INTERACTIVE else plots.plot_front
 #   all it optimises.
 #
 # **Try it:** (1) rerun with `PPO_TARGETS = [20.0]`: what happens to the samples when the KL grows?
-# (2) Train PPO on the ground-truth reward (`pipeline.ppo_run(..., ground_truth=True)`, the paper's
+# (2) Train PPO on the ground-truth reward (`pipeline.ppo_run(..., ground_truth=True)` without a reward model, the paper's
 # PPO-GT): how much of PPO's result is the reward model's? (3) Try `DPO_BETAS = [0.01]`.
