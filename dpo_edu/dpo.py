@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .data import PAIR_FIELDS, Report
 from .losses import LOSS_TYPES, dpo_loss
-from .models import position_ids_from_mask, token_ids
+from .models import response_logps, token_ids
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int, check_positive
 
@@ -115,24 +115,6 @@ def _right_padded(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id
     return {"input_ids": ids, "attention_mask": mask, "response_mask": response}
 
 
-def response_logps(model, batch: dict[str, Tensor]) -> Tensor:
-    """log π(y|x) = Σ_t log π(y_t | x, y_<t) per row, in float32: ``models.sequence_logps``, made cheaper.
-
-    The LM head and the softmax run only at the positions that predict a response token, not at every
-    prompt and pad position (TRL's fused LM head does the same): a third of the positions in a typical
-    batch. GPT-2-style models: the hidden states of ``model.base_model`` times the output embedding.
-    """
-    device = model.get_input_embeddings().weight.device
-    ids, mask, response = (batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask"))
-    hidden = model.base_model(input_ids=ids, attention_mask=mask,
-                              position_ids=position_ids_from_mask(mask)).last_hidden_state
-    scored = response[:, 1:].bool()  # boundary: the hidden state at t predicts token t + 1
-    logits = model.get_output_embeddings()(hidden[:, :-1][scored]).float()  # [scored tokens, vocab], float32
-    targets = ids[:, 1:][scored]
-    token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)  # log softmax at y_t
-    return torch.zeros(scored.shape, device=device).masked_scatter(scored, token_logps).sum(-1)
-
-
 def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(log π(y_w|x), log π(y_l|x), tokens of y_w, tokens of y_l)`` of tokenized pairs.
 
@@ -147,7 +129,8 @@ def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1) -> tupl
     order = order if buckets > 1 else list(range(len(sequences)))
     size = math.ceil(len(order) / buckets)
     chunks = [order[s : s + size] for s in range(0, len(order), size)]
-    parts = [response_logps(model, _right_padded([sequences[i] for i in c], tokenizer.pad_token_id)) for c in chunks]
+    parts = [response_logps(model, _right_padded([sequences[i] for i in c], tokenizer.pad_token_id)).sequence_logps
+             for c in chunks]
     logps = torch.cat(parts)[torch.argsort(torch.tensor(order)).to(parts[0].device)]  # back to the rows' order
     tokens = torch.tensor([len(r) for _, r in sequences], device=logps.device)
     n = len(rows)

@@ -15,22 +15,21 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .models import encode_pairs, load_policy, next_token_logps
+from .models import encode_pairs, load_policy, response_logps
 from .sampling import Generation, generate
 
 
 @torch.no_grad()
 def sequence_kl(policy, ref_model, batch: dict[str, Tensor], temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """(exact per-token KL summed over the response, sampled log-ratio) per row of an ``encode_pairs`` batch."""
-    logp = next_token_logps(policy, batch["input_ids"], batch["attention_mask"], temperature)
-    logq = next_token_logps(ref_model, batch["input_ids"], batch["attention_mask"], temperature).to(logp.device)
-    scored = batch["response_mask"][:, 1:].to(logp.device).bool()
-    exact = (logp.exp() * (logp - logq)).sum(-1)  # KL of the next-token distributions at each position
-    tokens = batch["input_ids"][:, 1:, None].to(logp.device)
-    sampled = (logp.gather(-1, tokens) - logq.gather(-1, tokens)).squeeze(-1)
-    return torch.where(scored, exact, 0.0).sum(-1).cpu(), torch.where(scored, sampled, 0.0).sum(-1).cpu()
+    p = response_logps(policy, batch, temperature, dists=True)
+    q = response_logps(ref_model, batch, temperature, dists=True)
+    exact = (p.dists.exp() * (p.dists - q.dists.to(p.dists.device))).sum(-1)  # (N,): KL at each token
+    per_row = torch.zeros(p.mask.shape, device=exact.device).masked_scatter(p.mask, exact)
+    return per_row.sum(-1).cpu(), (p.logps - q.logps.to(p.logps.device)).sum(-1).cpu()
 
 
+@torch.no_grad()
 def evaluate_policy(
     policy,
     ref_model,

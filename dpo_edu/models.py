@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -247,39 +247,54 @@ def encode_pairs(tokenizer, prompts: Sequence, responses: Sequence, append_eos: 
     }
 
 
-def next_token_logps(model, input_ids: Tensor, attention_mask: Tensor, temperature: float = 1.0) -> Tensor:
-    """log softmax(logits / T) in float32, shifted so that ``[:, t]`` is the distribution of token ``t + 1``.
+class TokenLogps(NamedTuple):
+    """Per-token scores of a batch's responses; column t of an (B, L − 1) tensor predicts token t + 1."""
 
-    Shape [batch, length − 1, vocab]. Positions come from the mask, so any padding works.
+    logps: Tensor  # (B, L − 1) log π_T(token t + 1 | tokens ≤ t) at response tokens, 0 elsewhere
+    mask: Tensor  # (B, L − 1) bool: the columns that predict a response token (EOS included)
+    entropy: Tensor | None  # (B, L − 1) H(π_T(· | tokens ≤ t)), no gradient; with entropy=True
+    values: Tensor | None  # (B, L − 1) V(tokens ≤ t) of a value head; with value_head
+    dists: Tensor | None  # (N, V) log π_T(· | tokens ≤ t) at the N masked columns; with dists=True
+
+    @property
+    def sequence_logps(self) -> Tensor:
+        """(B,) log π(y|x) = Σ_t log π(y_t | x, y_<t)."""
+        return self.logps.sum(-1)
+
+
+def response_logps(model, batch: dict[str, Tensor], temperature: float = 1.0, value_head=None,
+                   entropy: bool = False, dists: bool = False) -> TokenLogps:
+    """log π_T(y_t | x, y_<t) of every response token of an ``encode_pairs``-style batch, in float32.
+
+    Prompt and padding are masked, EOS is scored when it is in the response; positions come from the
+    attention mask, so any padding works. The LM head runs only where a response token is predicted.
     """
-    device = model.get_input_embeddings().weight.device
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-    ).logits
-    # Boundary: logits at position t predict token t + 1, so the first response token is scored by the
-    # logits at the last prompt position. Dropping the last logits lines them up with tokens 1 … L−1.
-    # float32: log_softmax over 50k tokens in bfloat16 keeps ~3 significant digits, and a sum over dozens
-    # of tokens then drowns the small log-ratio differences DPO is made of.
-    return torch.log_softmax(logits[:, :-1].float() / check_positive("temperature", temperature), dim=-1)
-
-
-def sequence_logps(model, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
-    """log π(y|x) = Σ_t log π(y_t | x, y_<t) over the response tokens of each row, in float32.
-
-    The batch is laid out as ``encode_pairs`` returns it (any padding works: positions come from the mask).
-    """
-    if not (input_ids.shape == attention_mask.shape == response_mask.shape):
-        raise ValueError(
-            f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
-            f"response_mask {tuple(response_mask.shape)} must have the same shape"
-        )
-    if response_mask[:, 0].any():
+    ids, attention, response = (batch[k] for k in ("input_ids", "attention_mask", "response_mask"))
+    if not (ids.shape == attention.shape == response.shape):
+        raise ValueError(f"input_ids {tuple(ids.shape)}, attention_mask {tuple(attention.shape)} and "
+                         f"response_mask {tuple(response.shape)} must have the same shape")
+    if response[:, 0].any():
         raise ValueError("response_mask marks column 0, but no logits predict the first token of a row")
-    if (response_mask.bool() & ~attention_mask.bool()).any():
+    if (response.bool() & ~attention.bool()).any():
         raise ValueError("response_mask marks tokens that attention_mask hides")
-    logps = next_token_logps(model, input_ids, attention_mask)
-    input_ids = input_ids.to(logps.device)
-    token_logps = logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    scored = response_mask[:, 1:].to(logps.device).bool()
-    return torch.where(scored, token_logps, 0.0).sum(-1)
+    device = model.get_input_embeddings().weight.device
+    ids, attention, response = ids.to(device), attention.to(device), response.to(device)
+    hidden = model.base_model(input_ids=ids, attention_mask=attention,
+                              position_ids=position_ids_from_mask(attention)).last_hidden_state  # (B, L, H)
+    scored = response[:, 1:].bool()  # (B, L − 1): the boundary, the hidden state at t predicts t + 1
+    states = hidden[:, :-1][scored]  # (N, H), N response tokens in the batch
+    # float32: a log-softmax over 50k tokens in bfloat16 keeps ~3 digits, too few for DPO's log-ratios
+    logits = model.get_output_embeddings()(states).float() / check_positive("temperature", temperature)
+    normaliser = logits.logsumexp(-1)  # (N,)
+    token = logits.gather(-1, ids[:, 1:][scored][:, None]).squeeze(-1) - normaliser  # log softmax at y_t
+
+    def spread(per_token: Tensor) -> Tensor:  # (N,) → (B, L − 1), zeros off the response
+        return torch.zeros(scored.shape, device=device, dtype=per_token.dtype).masked_scatter(scored, per_token)
+
+    entropies = None
+    if entropy:
+        with torch.no_grad():  # a diagnostic: no second (N, V) tensor kept for the backward pass
+            log_dist = logits - normaliser[:, None]
+            entropies = spread(-(log_dist.exp() * log_dist).sum(-1))  # H_t = −Σ_v π_T(v) log π_T(v)
+    values = None if value_head is None else spread(value_head(states))  # V(x, y_<t)
+    return TokenLogps(spread(token), scored, entropies, values, logits - normaliser[:, None] if dists else None)

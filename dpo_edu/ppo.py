@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .losses import ppo_policy_loss, ppo_value_loss
-from .models import encode_pairs, position_ids_from_mask
-from .reward_model import RewardModel
+from .models import encode_pairs, response_logps
+from .reward_model import RewardModel, last_token_index
 from .reward_model import score as reward_model_score
 from .sampling import Generation, generate
 from .training import Batch, Optimizer, TrainConfig, check_finite_loss, disable_dropout, train_loop
@@ -128,50 +128,33 @@ class ValueHead(nn.Module):
         return self.linear(hidden.float()).squeeze(-1)
 
 
-def forward_response(model, input_ids: Tensor, attention_mask: Tensor, width: int, temperature: float = 1.0,
-                     value_head: ValueHead | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(log π_T(y_t), entropy H_t, V_t) at the response columns ``width:`` of each row, in float32.
-
-    ONE pass of the transformer: the hidden state at column t − 1 predicts token t (LM head) and values the
-    state before it (value head). π_T = softmax(logits / T): the distribution the tokens were sampled from.
-    ``models.next_token_logps`` computes the same log-probs (a test holds them equal); this one also returns
-    the hidden states' values and keeps only the response columns.
-    """
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-    hidden = hidden[:, width - 1 : -1]  # boundary: column t − 1 predicts token t
-    logps = torch.log_softmax(model.get_output_embeddings()(hidden).float() / temperature, dim=-1)  # float32
-    token_logps = logps.gather(-1, input_ids[:, width:, None]).squeeze(-1)  # log π_T(y_t | x, y_<t)
-    with torch.no_grad():  # a diagnostic: no graph, or a second [rows, tokens, vocab] tensor lives to backward
-        entropy = -(logps.exp() * logps).sum(-1)  # H_t = −Σ_v π_T(v) log π_T(v)
-    return token_logps, entropy, None if value_head is None else value_head(hidden)
-
-
 @dataclass
 class Rollout:
-    """One batch of samples and what PPO learns from them; per-token tensors are (rows, T), T the
-    response columns, 0 after a row's EOS."""
+    """One batch of samples and what PPO learns from them. Per-token tensors are (rows, L − 1), as
+    ``models.response_logps`` returns them: column t scores token t + 1, 0 off the response."""
 
-    input_ids: Tensor  # (rows, L): [pads, prompt | response, pads]
-    attention_mask: Tensor  # (rows, L)
-    width: int  # column of every row's first response token (T = L − width)
+    batch: dict  # (rows, L) input_ids, attention_mask, response_mask: [pads, prompt | response, pads]
     temperature: float  # T the samples were drawn at, and every log-prob of them is taken at
-    mask: Tensor  # (rows, T) bool: sampled tokens, EOS included
-    logprobs: Tensor  # (rows, T) log π_θ(y_t) when sampled, at temperature T
-    ref_logprobs: Tensor  # (rows, T) log π_ref(y_t), the same temperature
-    values: Tensor  # (rows, T) V(x, y_<t) when sampled
-    entropy: Tensor  # (rows, T) H of π_θ(·|x, y_<t)
+    mask: Tensor  # (rows, L − 1) bool: the sampled tokens, EOS included
+    logprobs: Tensor  # (rows, L − 1) log π_θ(y_t) when sampled
+    ref_logprobs: Tensor  # (rows, L − 1) log π_ref(y_t)
+    values: Tensor  # (rows, L − 1) V(x, y_<t) when sampled
+    entropy: Tensor  # (rows, L − 1) H of π_θ(·|x, y_<t)
     raw_scores: Tensor  # (rows,) s(x, y) in the reward's own units
     scores: Tensor  # (rows,) s̃: normalised, penalised when asked
     has_eos: Tensor  # (rows,) bool: the response ended
-    advantages: Tensor  # (rows, T) whitened GAE advantages
-    returns: Tensor  # (rows, T) value targets A + V
+    advantages: Tensor  # (rows, L − 1) whitened GAE advantages
+    returns: Tensor  # (rows, L − 1) value targets A + V
     score_stats: tuple[float, float] | None  # (μ₀, σ₀)
 
     @property
     def kl(self) -> Tensor:
-        """(rows, T) log π_θ(y_t) − log π_ref(y_t): its row sums estimate KL(π ‖ π_ref) unbiasedly."""
+        """(rows, L − 1) log π_θ(y_t) − log π_ref(y_t): its row sums estimate KL(π ‖ π_ref)."""
         return torch.where(self.mask, self.logprobs - self.ref_logprobs, 0.0)
+
+    def rows(self, index: Tensor) -> dict:
+        """The batch of some rows, for ``models.response_logps``."""
+        return {key: value[index] for key, value in self.batch.items()}
 
 
 def _scores(score_fn, tokenizer, prompts, texts, responses, ended) -> Tensor:
@@ -205,21 +188,16 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
     texts, ids, sampled = generate(policy, tokenizer, prompts, generation.max_new_tokens, temperature,
                                    seed=seed, batch_size=len(prompts), return_ids=True, progress=False)
     responses = [row[m.bool()].tolist() for row, m in zip(ids, sampled)]  # EOS included: an action
-    batch = encode_pairs(tokenizer, prompts, responses)  # [pads, prompt | response, pads]
-    width = batch["input_ids"].shape[1] - max(map(len, responses))  # every row's first response column
     device = policy.get_input_embeddings().weight.device
-    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    mask = batch["response_mask"][:, width:].to(device).bool()
+    batch = {k: v.to(device) for k, v in encode_pairs(tokenizer, prompts, responses).items()}
     parts, ref_parts = [], []
-    for s in range(0, len(prompts), config.mini_batch_size):  # chunks: logits are (rows, T, vocab)
-        rows = slice(s, s + config.mini_batch_size)
-        parts.append(forward_response(policy, input_ids[rows], attention_mask[rows], width, temperature,
-                                      value_head))
-        ref_parts.append(forward_response(ref_model, input_ids[rows], attention_mask[rows], width,
-                                          temperature)[0])
-    logprobs, entropy, values = (torch.where(mask, torch.cat([p[i] for p in parts]), 0.0)
-                                 for i in range(3))  # 0 after EOS: nothing was sampled there
-    ref_logprobs = torch.where(mask, torch.cat(ref_parts), 0.0)
+    for s in range(0, len(prompts), config.mini_batch_size):  # chunks: logits are (tokens, vocab)
+        rows = {k: v[s : s + config.mini_batch_size] for k, v in batch.items()}
+        parts.append(response_logps(policy, rows, temperature, value_head, entropy=True))
+        ref_parts.append(response_logps(ref_model, rows, temperature).logps)  # log π_ref, the same T
+    mask = torch.cat([p.mask for p in parts])
+    logprobs, entropy, values = (torch.cat([getattr(p, k) for p in parts]) for k in ("logps", "entropy", "values"))
+    ref_logprobs = torch.cat(ref_parts)
     ended = [r[-1] == tokenizer.eos_token_id for r in responses]
     raw = _scores(score_fn, tokenizer, prompts, texts, responses, ended)
     raw = torch.as_tensor(raw, dtype=torch.float32).reshape(-1).to(device)
@@ -232,12 +210,12 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
     if config.missing_eos_penalty is not None:  # Huang et al.: a cut-off response scores a penalty
         scores = torch.where(has_eos, scores, float(config.missing_eos_penalty))
     rewards = -kl_coef * torch.where(mask, logprobs - ref_logprobs, 0.0)  # r_t = −β (log π_θ − log π_ref)
-    last = mask.sum(1) - 1  # each row's last response token (its EOS, if it has one)
+    last = last_token_index(mask)  # each row's last response token (its EOS, if it has one)
     rewards[torch.arange(len(rewards), device=device), last] += scores  # + s̃(x, y) at the last token
     if config.whiten_rewards:
         rewards = whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
-    return Rollout(input_ids, attention_mask, width, temperature, mask, logprobs, ref_logprobs, values, entropy, raw,
+    return Rollout(batch, temperature, mask, logprobs, ref_logprobs, values, entropy, raw,
                    scores, has_eos, whiten(advantages, mask), returns, score_stats)
 
 
@@ -257,10 +235,8 @@ def ppo_update(trainable: nn.ModuleDict, optimizer: Optimizer, roll: Rollout, co
         order = torch.randperm(n, generator=generator)
         for index, start in enumerate(range(0, n, config.mini_batch_size)):
             rows = order[start : start + config.mini_batch_size].to(roll.scores.device)
-            logprobs, entropy, values = forward_response(
-                policy, roll.input_ids[rows], roll.attention_mask[rows], roll.width,
-                roll.temperature, value_head)
-            mask = roll.mask[rows]
+            now = response_logps(policy, roll.rows(rows), roll.temperature, value_head, entropy=True)
+            logprobs, entropy, values, mask = now.logps, now.entropy, now.values, roll.mask[rows]
             pg_loss, pg_stats = ppo_policy_loss(logprobs, roll.logprobs[rows], roll.advantages[rows],
                                                 mask, config.cliprange)
             vf_loss, vf_stats = ppo_value_loss(values, roll.values[rows], roll.returns[rows], mask,
