@@ -51,7 +51,7 @@ def environment() -> dict:
     """What else the numbers depend on: torch's build and the CPU's vector instructions."""
     import torch
 
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": THREADS}
 
 
