@@ -43,14 +43,14 @@
 #
 # summed over the tokens of the *response only*. Most DPO bugs live here: an off-by-one at the
 # prompt/response boundary, padding counted as text, log-probabilities taken in low precision.
-# You will write it, check it against the course library (`dpo_edu.models.sequence_logps`), then
+# You will write it, check it against the course library (`dpo_edu.models.response_logps`), then
 # write the loss on top of it. Along the way you will hit the value every DPO run starts from.
 #
 # **How to work.** Keep this file's name (`dpo_loss.ipynb`): the checks read their tests from it.
 # Fill in every `...`, run the cell, then its `grader.check("q…")` cell. The
 # public checks you see catch the usual slips; hidden tests (other inputs, edge cases) also count
 # toward your grade. The tests name their own variables with a leading underscore, so they
-# leave yours alone. Do not call `dpo_edu.models.sequence_logps` or `dpo_edu.losses.dpo_loss`
+# leave yours alone. Do not call `dpo_edu.models.response_logps` or `dpo_edu.losses.dpo_loss`
 # in your answers: the hidden tests compare you with them.
 
 # %%
@@ -60,7 +60,7 @@ import math
 import torch
 
 from dpo_edu import data, models
-from dpo_edu.presets import get_preset
+from dpo_edu.models import ModelConfig
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # these models are tiny: one CPU thread is the fastest
@@ -76,7 +76,7 @@ torch.set_num_threads(1)  # these models are tiny: one CPU thread is the fastest
 # %%
 reviews = [review.text[:300] for review in data.load_imdb(n=200, verbose=False)]
 tokenizer = models.train_tokenizer(reviews, vocab_size=300)
-shapes = get_preset("ci", verbose=False, n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300)
+shapes = ModelConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300)
 ref_model = models.build_model(shapes, tokenizer, seed=0).eval()  # π_ref: frozen
 policy = models.build_model(shapes, tokenizer, seed=0).eval()  # π_θ at step 0: the same weights
 other_policy = models.build_model(shapes, tokenizer, seed=1).eval()  # a policy that differs from π_ref
@@ -203,7 +203,7 @@ assert torch.allclose(_out, _expected, atol=1e-5)
 # as if there were no padding (`models.position_ids_from_mask` counts the real tokens). Without
 # them, the same pair would score differently depending on how much it is padded.
 #
-# Target: your `response_logps` equals the library's `models.sequence_logps` on `batch` to 1e-5.
+# Target: your `response_logps` equals the library's `models.response_logps` on `batch` to 1e-5.
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -232,7 +232,7 @@ response_logps(ref_model, **batch)
 # the library's answer on the batch above, to 1e-5
 _mine = response_logps(ref_model, **batch)
 assert _mine.shape == (6,), "one log-probability per row"
-assert torch.allclose(_mine, models.sequence_logps(ref_model, **batch), atol=1e-5)
+assert torch.allclose(_mine, models.response_logps(ref_model, batch).sequence_logps, atol=1e-5)
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -243,7 +243,7 @@ _batch = models.encode_pairs(tokenizer, ["A", "Honestly, the best film", "It"],
                              [" rocks.", " ever", " was long, slow and very dull, I am sorry to say."])
 _mine = response_logps(other_policy, **_batch)
 assert _mine.dtype == torch.float32
-assert torch.allclose(_mine, models.sequence_logps(other_policy, **_batch), atol=1e-5)
+assert torch.allclose(_mine, models.response_logps(other_policy, _batch).sequence_logps, atol=1e-5)
 
 # %%
 """ # BEGIN TEST CONFIG
@@ -422,8 +422,8 @@ hidden: true
 # a policy that differs from the reference: the library's loss on the library's log-probabilities
 from dpo_edu.losses import dpo_loss as _library_dpo_loss
 
-_pol = models.sequence_logps(other_policy, **batch).detach()
-_ref = models.sequence_logps(ref_model, **batch).detach()
+_pol = models.response_logps(other_policy, batch).sequence_logps.detach()
+_ref = models.response_logps(ref_model, batch).sequence_logps.detach()
 _expected = _library_dpo_loss(_pol[:3], _pol[3:], _ref[:3], _ref[3:], beta=0.5)[0]
 assert torch.isclose(dpo_batch_loss(other_policy, ref_model, batch, beta=0.5).detach(), _expected, atol=1e-5)
 

@@ -3,11 +3,12 @@
     python benchmarks/dpo_epoch.py                          # cpu: notebook 04's run folder, then one epoch
     python benchmarks/dpo_epoch.py --preset ci --out runs/ci
 
-Notebook 05 trains each β of its sweep for the preset's ``dpo_epochs`` (0.4 at ``cpu``, to fit the sweep
+Notebook 05 trains each β of its sweep for the preset's ``dpo.epochs`` (0.4 at ``cpu``, to fit the sweep
 and PPO in its budget); this script trains one β for whole epochs, so the trainer's own speed is measured.
-It runs notebook 04 into ``--out`` unless its stages are there already, then prints the DPO run's seconds
-(reference precompute + training; evaluations excluded, as in notebook 05's cost table), its token
-passes, and π_ref's and the policy's ground-truth reward and sequence KL on the held-out prompts.
+It reads (or builds) π_ref and the pairs in ``--out``, trains in a run folder of its own (notebook 05's
+runs stay untouched), then prints the DPO run's seconds (reference precompute + training; evaluations
+excluded, as in notebook 05's cost table), its token passes, and π_ref's and the policy's ground-truth
+reward and sequence KL on the held-out prompts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 from dpo_edu import evaluate, pipeline
-from dpo_edu.cli import run_course
 from dpo_edu.presets import get_preset
 
 
@@ -31,31 +31,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    if not (args.out / "reward_model" / pipeline.SETTINGS).is_file():
-        run_course(args.preset, args.out, ["04_gpt2_preferences"], seed=args.seed)
-    preset = get_preset(args.preset, dpo_epochs=args.epochs)
-    policy, tokenizer, _ = pipeline.reference_policy(preset, args.out, args.seed)
-    reward = pipeline.ground_truth_reward(preset, args.out, args.seed)
-    train_pairs, _, _ = pipeline.preference_pairs(preset, args.out, policy, tokenizer, reward, args.seed)
-    prompts = pipeline.eval_prompts(preset, tokenizer, preset.eval_pair_prompts, args.seed)
+    preset = get_preset(args.preset, {"dpo.epochs": args.epochs})
+    ref = pipeline.reference_policy(preset, args.out, seed=args.seed)
+    reward = pipeline.ground_truth_reward(preset, args.out, seed=args.seed)
+    pairs = pipeline.preference_pairs(preset, args.out, ref=ref, reward=reward, seed=args.seed)
+    prompts = pipeline.eval_prompts(preset, ref.tokenizer, preset.frontier.eval_prompts, seed=args.seed)
+    ref_eval, _ = evaluate.evaluate_policy(ref.policy, ref.policy, ref.tokenizer, prompts, reward, preset.generation,
+                                           seed=args.seed, batch_size=len(prompts))
 
-    ref_eval, _ = evaluate.evaluate_policy(policy, policy, tokenizer, prompts, reward, preset.max_new_tokens,
-                                           preset.temperature, seed=args.seed, batch_size=len(prompts))
-
-    bench_dir = args.out / "bench_dpo_epoch"  # its own folder: notebook 05's cached runs stay as they are
-    shutil.rmtree(bench_dir, ignore_errors=True)
-    bench_dir.mkdir()
-    for stage in ("sft", "pairs"):
-        (bench_dir / stage).symlink_to((args.out / stage).resolve(), target_is_directory=True)
+    bench_dir = args.out / "bench_dpo_epoch"  # a run folder of its own: notebook 05's cached runs stay as they are
     start = time.perf_counter()
-    run = pipeline.dpo_run(preset, bench_dir, args.beta, tokenizer, train_pairs, prompts, reward, args.seed)
+    run = pipeline.dpo_run(preset, bench_dir, ref=ref, pairs=pairs, reward=reward, prompts=prompts, beta=args.beta,
+                           seed=args.seed)
     wall = time.perf_counter() - start
     shutil.rmtree(bench_dir)
 
-    cost, evals = run["cost"], [row for row in run["metrics"] if "eval/reward" in row]
+    cost, evals = run.cost, [row for row in run.metrics if "eval/reward" in row]
     steps = evals[-1]["step"]
-    print(f"\npreset {args.preset}: {len(train_pairs):,} pairs, {args.epochs:g} epoch(s) = {steps} steps of "
-          f"{preset.dpo_batch_size}, β = {args.beta:g}")
+    print(f"\npreset {args.preset}: {len(pairs.train):,} pairs, {args.epochs:g} epoch(s) = {steps} steps of "
+          f"{preset.dpo.batch_size}, β = {args.beta:g}")
     print(f"DPO run: {cost['seconds']:.1f} s (reference precompute + training; {wall:.1f} s with "
           f"{len(evals)} evaluations), {cost['forward_tokens']:,} forward / {cost['backward_tokens']:,} "
           f"backward token passes, peak {cost['peak_memory_mb']:,.0f} MiB")

@@ -39,10 +39,10 @@ def prepare(folder: Path, preset_name: str, n_pairs: int, seed: int) -> None:
     from dpo_edu.presets import get_preset
 
     preset = get_preset(preset_name, verbose=False)
-    reviews = [r.text for r in data.load_imdb(n=max(preset.n_reviews, 2 * n_pairs), verbose=False)]
-    tokenizer = models.train_tokenizer(reviews[: preset.n_reviews], preset.vocab_size,
-                                       model_max_length=preset.n_positions)
-    models.save_policy(models.build_model(preset, tokenizer, seed), tokenizer, folder)
+    reviews = [r.text for r in data.load_imdb(n=max(preset.data.reviews, 2 * n_pairs), verbose=False)]
+    tokenizer = models.train_tokenizer(reviews[: preset.data.reviews], preset.model.vocab_size,
+                                       model_max_length=preset.model.n_positions)
+    models.save_policy(models.build_model(preset.model, tokenizer, seed), tokenizer, folder)
     rng = random.Random(seed)
     pairs = []
     for i in range(n_pairs):
@@ -52,7 +52,7 @@ def prepare(folder: Path, preset_name: str, n_pairs: int, seed: int) -> None:
                       "chosen": " " + " ".join(words[k : k + rng.randint(4, 12)]),
                       "rejected": " " + " ".join(other[k : k + rng.randint(4, 12)])})
     data.save_jsonl(pairs, folder / "pairs.jsonl")
-    (folder / "preset.json").write_text(json.dumps({"max_length": preset.max_length}))
+    (folder / "preset.json").write_text(json.dumps({"max_length": preset.dpo.max_length}))
 
 
 def _rss_mb() -> float:

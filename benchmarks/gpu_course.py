@@ -22,7 +22,7 @@ from pathlib import Path
 from dpo_edu.cli import run_course
 
 NOTEBOOKS = ["04_gpt2_preferences", "05_rlhf_vs_dpo"]
-OFFLINE = {"random_init": True, "reward_classifier": "tfidf"}
+OFFLINE = {"model.random_init": True, "ground_truth.classifier": "tfidf"}
 
 
 def stage_rows(out: Path) -> list[dict]:

@@ -21,22 +21,22 @@ from .models import response_logps, token_ids
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int, check_positive
 
-REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")  # added to each pair record by the precompute (TRL's names)
+REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")  # what the precompute adds (TRL's names)
 
 
 @dataclass(frozen=True)
 class DPOConfig(TrainConfig):
     """DPO on precomputed reference log-probs; the shared fields are documented in ``TrainConfig``."""
 
-    lr: float = 1e-4  # peak AdamW learning rate (the tiny GPT-2; the paper uses 1e-6 for GPT-2 models)
+    lr: float = 1e-4  # peak AdamW learning rate (the tiny GPT-2; the paper: 1e-6 for GPT-2)
     batch_size: int = 16  # preference pairs per step (2 × batch_size rows in one forward pass)
-    beta: float = 0.1  # β of Eq. 7: the weight of KL(π ‖ π_ref); small β lets the policy move far
+    beta: float = 0.1  # β of Eq. 7, the weight of KL(π ‖ π_ref) (notebook 05 sweeps frontier.dpo_betas)
     loss_type: str = "sigmoid"  # "sigmoid" (DPO, Eq. 7), "ipo" (length-normalised, as TRL) or "hinge"
-    label_smoothing: float = 0.0  # cDPO's ε: each label assumed flipped with probability ε (sigmoid only)
-    max_length: int = 64  # tokens per row, prompt + response + EOS; longer rows are cut at the end (reported)
-    append_eos: bool = True  # end every response with EOS, as TRL: stopping is part of what is learned
-    length_buckets: int = 1  # forward passes per step, rows sorted by length: less padding computed (pair_logps)
-    ref_batch_size: int | None = None  # pairs per forward pass of the reference precompute; None: batch_size (TRL)
+    label_smoothing: float = 0.0  # cDPO's ε: each label assumed flipped with probability ε (sigmoid)
+    max_length: int = 64  # tokens per row, prompt + response + EOS; longer rows lose their end
+    append_eos: bool = True  # end every response with EOS, as TRL: stopping is learned too
+    length_buckets: int = 1  # forward passes per step, rows sorted by length: less padding on a CPU
+    ref_batch_size: int | None = None  # pairs per pass of the reference precompute; None: batch_size
     eval_batch_size: int = 64  # pairs per forward pass in evaluate_pairs
 
     def __post_init__(self):
@@ -44,28 +44,28 @@ class DPOConfig(TrainConfig):
         check_positive("beta", self.beta)
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if not (isinstance(self.label_smoothing, (int, float)) and 0.0 <= self.label_smoothing < 0.5):
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not {self.loss_type!r}")
-        check_int("max_length", self.max_length, 2)  # one prompt token and one response token at least
+        smoothing = self.label_smoothing
+        if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 0.5):
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {smoothing!r}")
+        if smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not "
+                             f"{self.loss_type!r}")
+        check_int("max_length", self.max_length, 2)  # a prompt token and a response token at least
         for name in ("length_buckets", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
         if self.ref_batch_size is not None:
             check_int("ref_batch_size", self.ref_batch_size, 1)
 
 
-# --- tokens and batches -----------------------------------------------------------------------------------
+# --- tokens and batches ---------------------------------------------------------------------------
 
 
 def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos: bool = True
                    ) -> tuple[list[dict], Report]:
-    """``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` (TRL's names) of each pair, and a report.
+    """``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` (TRL's names) and ``index`` of each pair.
 
-    Each row keeps ``index``, its position in ``pairs``. TRL's truncation rule (``keep_start``):
-    prompt ⊕ response is cut to ``max_length`` tokens, so a long response loses its end (and its EOS),
-    counted as truncated; a prompt of ``max_length`` tokens or more leaves no response token to score,
-    so its pair is skipped (its index listed in ``report.skipped_rows``).
+    TRL's ``keep_start``: a row over ``max_length`` loses its end (counted); a pair whose prompt alone
+    fills ``max_length`` is skipped (its index in ``report.skipped_rows``).
     """
     check_int("max_length", max_length, 2)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -73,7 +73,8 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
     report, rows = Report("tokenize_pairs", total=len(pairs)), []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, dict) or not all(k in pair for k in PAIR_FIELDS):
-            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', got {pair!r}")
+            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', "
+                             f"got {pair!r}")
         prompt = token_ids(tokenizer, pair["prompt"])
         if not prompt:  # the first response token is predicted from the last prompt position
             raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
@@ -92,18 +93,14 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
 
 
 def collate_pairs(rows: Sequence[dict], pad_token_id: int) -> dict[str, Tensor]:
-    """[x ⊕ y_w ; x ⊕ y_l]: the chosen row of every pair, then its rejected row, in ONE batch.
-
-    TRL's layout: each row is prompt ⊕ response, right-padded to the longest row of the batch (narrower
-    than ``models.encode_pairs``' longest prompt + longest response); ``response_mask`` is 1 on the
-    response tokens. Positions come from the attention mask, so the log-probs do not depend on the layout.
-    """
+    """[x ⊕ y_w ; x ⊕ y_l]: every pair's chosen row, then its rejected row, in ONE right-padded batch."""
     prompts = [row["prompt_ids"] for row in rows]
     responses = [row["chosen_ids"] for row in rows] + [row["rejected_ids"] for row in rows]
     return _right_padded(list(zip(prompts + prompts, responses)), pad_token_id)
 
 
-def _right_padded(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, Tensor]:
+def _right_padded(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int
+                  ) -> dict[str, Tensor]:
     width = max(len(p) + len(r) for p, r in sequences)
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -115,13 +112,10 @@ def _right_padded(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id
     return {"input_ids": ids, "attention_mask": mask, "response_mask": response}
 
 
-def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(log π(y_w|x), log π(y_l|x), tokens of y_w, tokens of y_l)`` of tokenized pairs.
-
-    ``buckets=1``: one forward pass over ``collate_pairs``' batch. ``buckets=k``: the 2n rows sorted by
-    length and cut into k forward passes, so short rows are not padded to the longest one; the same
-    numbers (up to float rounding), one graph, one backward, less padding computed.
-    """
+def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(log π(y_w|x), log π(y_l|x), tokens of y_w, tokens of y_l)`` of tokenized pairs; with
+    ``buckets=k`` the 2n rows, sorted by length, go through k forward passes (less padding)."""
     if not rows:
         return (torch.empty(0),) * 4
     sequences = [(r["prompt_ids"], r[side]) for side in ("chosen_ids", "rejected_ids") for r in rows]
@@ -129,27 +123,26 @@ def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1) -> tupl
     order = order if buckets > 1 else list(range(len(sequences)))
     size = math.ceil(len(order) / buckets)
     chunks = [order[s : s + size] for s in range(0, len(order), size)]
-    parts = [response_logps(model, _right_padded([sequences[i] for i in c], tokenizer.pad_token_id)).sequence_logps
-             for c in chunks]
-    logps = torch.cat(parts)[torch.argsort(torch.tensor(order)).to(parts[0].device)]  # back to the rows' order
+    parts = [response_logps(model, _right_padded([sequences[i] for i in c], tokenizer.pad_token_id))
+             .sequence_logps for c in chunks]
+    back = torch.argsort(torch.tensor(order)).to(parts[0].device)  # to the rows' order
+    logps = torch.cat(parts)[back]
     tokens = torch.tensor([len(r) for _, r in sequences], device=logps.device)
     n = len(rows)
     return logps[:n], logps[n:], tokens[:n], tokens[n:]
 
 
-# --- the reference, once ----------------------------------------------------------------------------------
+# --- the reference, once --------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None,
-                               batch_size: int | None = None, verbose: bool = True) -> tuple[list[dict], Report]:
-    """Copies of the pair records with ``ref_chosen_logps`` / ``ref_rejected_logps`` = log π_ref(y|x) added.
+def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict],
+                               config: DPOConfig | None = None, batch_size: int | None = None,
+                               verbose: bool = True) -> tuple[list[dict], Report]:
+    """Copies of the pair records with ``ref_chosen_logps`` / ``ref_rejected_logps`` = log π_ref(y|x).
 
-    One pass over the dataset without gradients, rows sorted by length (little padding), ``batch_size``
-    pairs per forward pass (default: ``config.ref_batch_size``, else ``config.batch_size``), tokenized and
-    truncated as ``train_dpo`` will: use the same ``config``. Pairs that ``tokenize_pairs`` drops are left
-    out and counted in the returned report, printed when ``verbose`` and something was cut or dropped.
-    Afterwards the reference model is no longer needed for training: delete it to halve the memory.
+    Tokenized and truncated as ``train_dpo`` will (pass the same ``config``); dropped pairs are left
+    out and reported. Afterwards π_ref is no longer needed: delete it to halve the memory.
     """
     config = config if config is not None else DPOConfig()
     batch_size = batch_size if batch_size is not None else config.ref_batch_size or config.batch_size
@@ -159,8 +152,8 @@ def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict], conf
     report.step = "precompute_reference_logps"
     was_training = ref_model.training
     ref_model.eval()  # no dropout: the reference is the deterministic π_ref
-    try:  # all rows sorted by length, batch_size pairs per forward pass: hardly any padding computed
-        chosen, rejected, _, _ = pair_logps(ref_model, tokenizer, rows, buckets=math.ceil(len(rows) / batch_size))
+    try:  # every row sorted by length, batch_size pairs a pass: hardly any padding computed
+        chosen, rejected, _, _ = pair_logps(ref_model, tokenizer, rows, math.ceil(len(rows) / batch_size))
     finally:
         ref_model.train(was_training)
     out = [{**pairs[row["index"]], "ref_chosen_logps": c, "ref_rejected_logps": r}
@@ -173,7 +166,8 @@ def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict], conf
 def _check_fits(model, config: DPOConfig) -> None:
     n_positions = getattr(model.config, "n_positions", None)
     if n_positions is not None and config.max_length > n_positions:
-        raise ValueError(f"config.max_length ({config.max_length}) exceeds the model's n_positions ({n_positions})")
+        raise ValueError(f"config.max_length ({config.max_length}) exceeds the model's n_positions "
+                         f"({n_positions})")
 
 
 def _reference_rows(tokenizer, pairs: Sequence[dict], config: DPOConfig) -> list[dict]:
@@ -186,45 +180,39 @@ def _reference_rows(tokenizer, pairs: Sequence[dict], config: DPOConfig) -> list
             if not (isinstance(pair[k], (int, float)) and math.isfinite(pair[k])):
                 raise ValueError(f"pairs[{i}]['{k}'] must be a finite number, got {pair[k]!r}")
     rows, report = tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
-    if report.skipped:  # the precompute drops these pairs itself: its max_length must have been another
-        raise ValueError(f"pairs {report.skipped_rows[:8]} do not fit config.max_length={config.max_length}; "
-                         "compute their reference log-probs with the same config as train_dpo")
+    if report.skipped:  # the precompute drops these itself: its max_length must have been another
+        raise ValueError(f"pairs {report.skipped_rows[:8]} do not fit config.max_length="
+                         f"{config.max_length}; compute their reference log-probs with train_dpo's config")
     for row in rows:
         row["ref_chosen_logps"], row["ref_rejected_logps"] = (pairs[row["index"]][k] for k in REF_FIELDS)
     return rows
 
 
-# --- the loss ---------------------------------------------------------------------------------------------
+# --- the loss -------------------------------------------------------------------------------------
 
 
 def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
-                    chosen_tokens: Tensor, rejected_tokens: Tensor, config: DPOConfig) -> tuple[Tensor, dict]:
+                    chosen_tokens: Tensor, rejected_tokens: Tensor, config: DPOConfig
+                    ) -> tuple[Tensor, dict]:
     """The configured loss of summed log-probs, and TRL's metrics (rewards = β × summed log-ratios)."""
+    # sigmoid (Eq. 7), cDPO or hinge on the summed log-ratios
     loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss_type,
-                             config.label_smoothing)  # sigmoid (Eq. 7) / cDPO / hinge on the summed log-ratios
-    if config.loss_type == "ipo":
-        # TRL 1.16 (confirmed with the IPO authors): average log-ratio per response token, so β and the loss
-        # mean the same for short and long responses. (a − b)/n = a/n − b/n: average each log-prob.
-        n_w, n_l = chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1)
-        loss, _ = dpo_loss(chosen / n_w, rejected / n_l, ref_chosen / n_w, ref_rejected / n_l, config.beta, "ipo")
+                             config.label_smoothing)
+    if config.loss_type == "ipo":  # TRL 1.16: the log-ratio averaged per response token
+        n_w, n_l = chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1)  # (a − b)/n = a/n − b/n
+        loss, _ = dpo_loss(chosen / n_w, rejected / n_l, ref_chosen / n_w, ref_rejected / n_l,
+                           config.beta, "ipo")
     return loss, metrics
 
 
-# --- training ---------------------------------------------------------------------------------------------
+# --- training -------------------------------------------------------------------------------------
 
 
 def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None,
               callback: Callable[[int, dict], None] | None = None, checkpoint_dir=None,
               eval_fn: Callable[[], dict] | None = None):
-    """Optimise ``policy`` (in place) by DPO on pairs prepared by ``precompute_reference_logps``.
-
-    Returns ``(policy, metrics)``, one dict per step with TRL's names: ``loss``, ``rewards/chosen``,
-    ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
-    ``logps/rejected``, ``grad_norm``, ``learning_rate``, ``epoch``; ``eval_fn()``'s metrics every
-    ``eval_every`` steps and after the last (see ``make_eval_fn``). ``checkpoint_dir`` saves checkpoints
-    and resumes from one to the same numbers (``training.train_loop``). A non-finite loss stops the run
-    with a ``FloatingPointError`` naming the step and the batch.
-    """
+    """Optimise ``policy`` (in place) by DPO on pairs from ``precompute_reference_logps``; returns
+    ``(policy, metrics)``, a row per step with TRL's names (``loss``, ``rewards/margins``, …)."""
     config = config if config is not None else DPOConfig()
     if not isinstance(config, DPOConfig):
         raise ValueError(f"config must be a DPOConfig, got {type(config).__name__}")
@@ -234,7 +222,7 @@ def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None
     def loss_fn(batch: list[dict]):
         chosen, rejected, n_w, n_l = pair_logps(policy, tokenizer, batch, config.length_buckets)
         if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
-            return chosen.sum() + rejected.sum(), {}  # non-finite: train_loop names the step and the batch
+            return chosen.sum() + rejected.sum(), {}  # non-finite: train_loop names step and batch
         ref_chosen = torch.tensor([row["ref_chosen_logps"] for row in batch], device=chosen.device)
         ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in batch], device=chosen.device)
         return preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l, config)
@@ -244,12 +232,9 @@ def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None
     return policy, metrics
 
 
-# --- evaluation -------------------------------------------------------------------------------------------
-
-
 @torch.no_grad()
 def evaluate_pairs(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None) -> dict:
-    """Held-out preference metrics on pairs with reference log-probs: ``eval_loss``, ``eval_rewards/...``."""
+    """Held-out preference metrics of pairs with reference log-probs: ``eval_loss``, ``eval_rewards/…``."""
     config = config if config is not None else DPOConfig()
     rows = _reference_rows(tokenizer, pairs, config)
     if not rows:
@@ -257,7 +242,8 @@ def evaluate_pairs(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig |
     was_training = policy.training
     policy.eval()
     try:
-        chosen, rejected, n_w, n_l = pair_logps(policy, tokenizer, rows, math.ceil(len(rows) / config.eval_batch_size))
+        chosen, rejected, n_w, n_l = pair_logps(policy, tokenizer, rows,
+                                                math.ceil(len(rows) / config.eval_batch_size))
     finally:
         policy.train(was_training)
     ref_chosen = torch.tensor([row["ref_chosen_logps"] for row in rows], device=chosen.device)

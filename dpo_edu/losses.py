@@ -27,6 +27,20 @@ from .validate import check_finite, check_positive, check_same_shape
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
+def _check_loss_arguments(beta: float, loss_type: str, label_smoothing: float, **logps: Tensor) -> float:
+    """β, once checked; one shape for every log-prob tensor, every value finite (errors name them)."""
+    check_same_shape(**logps)
+    for name, tensor in logps.items():
+        check_finite(name, tensor.detach())
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {loss_type!r}")
+    return check_positive("beta", beta)
+
+
 def dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -36,42 +50,20 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Mean preference loss over a batch of pairs, and TRL-named metrics.
-
-    Every argument is a 1-D tensor of summed response log-probabilities, one entry per pair.
-    ``label_smoothing`` ε ∈ [0, 0.5) turns the sigmoid loss into cDPO (the labels are
-    assumed flipped with probability ε).
-    """
-    check_same_shape(
-        policy_chosen_logps=policy_chosen_logps,
-        policy_rejected_logps=policy_rejected_logps,
-        ref_chosen_logps=ref_chosen_logps,
-        ref_rejected_logps=ref_rejected_logps,
-    )
-    for name, tensor in [
-        ("policy_chosen_logps", policy_chosen_logps),
-        ("policy_rejected_logps", policy_rejected_logps),
-        ("ref_chosen_logps", ref_chosen_logps),
-        ("ref_rejected_logps", ref_rejected_logps),
-    ]:
-        check_finite(name, tensor.detach())
-    beta = check_positive("beta", beta)
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    if label_smoothing and loss_type != "sigmoid":
-        raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {loss_type!r}")
-
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    """Mean preference loss over a batch of pairs, and TRL-named metrics. Each log-prob tensor is
+    (pairs,), summed over a response; ``label_smoothing`` ε turns the sigmoid loss into cDPO."""
+    beta = _check_loss_arguments(beta, loss_type, label_smoothing, policy_chosen_logps=policy_chosen_logps,
+                                 policy_rejected_logps=policy_rejected_logps,
+                                 ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π_θ(y_w|x) / π_ref(y_w|x)
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π_θ(y_l|x) / π_ref(y_l|x)
     u = chosen_logratios - rejected_logratios
-    h = beta * u
-    if loss_type == "sigmoid":
+    h = beta * u  # h = r̂_w − r̂_l, the implicit rewards' margin
+    if loss_type == "sigmoid":  # −(1 − ε) log σ(h) − ε log σ(−h); ε = 0 is DPO's Eq. 7
         losses = -(1 - label_smoothing) * F.logsigmoid(h) - label_smoothing * F.logsigmoid(-h)
-    elif loss_type == "ipo":
+    elif loss_type == "ipo":  # (u − 1/(2β))²
         losses = (u - 1 / (2 * beta)) ** 2
-    else:  # hinge
+    else:  # hinge: max(0, 1 − h)
         losses = torch.relu(1 - h)
 
     chosen_rewards = (beta * chosen_logratios).detach()
@@ -103,7 +95,7 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tens
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
 
 
-# --- PPO (Schulman et al., 2017), per response token -------------------------------------------------------
+# --- PPO (Schulman et al., 2017), per response token ----------------------------------------------
 #
 # Both losses are averaged over the response tokens of a minibatch (``mask`` = 1 there, 0 on the prompt's
 # pads and after EOS), as TRL's PPO and lm-human-preferences do. Both take the pessimistic (larger) of an

@@ -75,7 +75,7 @@ def adapt_kl_coef(kl_coef: float, kl: float, n: int, target: float | None, horiz
     return kl_coef * (1.0 + error * n / horizon)
 
 
-# --- advantages ------------------------------------------------------------------------------------
+# --- advantages -----------------------------------------------------------------------------------
 
 
 def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
@@ -112,7 +112,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     return advantages, torch.where(mask, advantages + values, 0.0)  # R_t = A_t + V_t, the value target
 
 
-# --- policy, value head, rollout ---------------------------------------------------------------------
+# --- policy, value head, rollout ------------------------------------------------------------------
 
 
 class ValueHead(nn.Module):
@@ -219,7 +219,7 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
                    scores, has_eos, whiten(advantages, mask), returns, score_stats)
 
 
-# --- optimisation ----------------------------------------------------------------------------------
+# --- optimisation ---------------------------------------------------------------------------------
 
 
 def ppo_update(trainable: nn.ModuleDict, optimizer: Optimizer, roll: Rollout, config: PPOConfig,
@@ -253,7 +253,7 @@ def ppo_update(trainable: nn.ModuleDict, optimizer: Optimizer, roll: Rollout, co
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
 
-# --- training --------------------------------------------------------------------------------------
+# --- training -------------------------------------------------------------------------------------
 
 
 def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,

@@ -83,7 +83,7 @@ def result_settings(config) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in COSMETIC}
 
 
-# --- seeds, dropout, optimiser ---------------------------------------------------------------------
+# --- seeds, dropout, optimiser --------------------------------------------------------------------
 
 
 def seed_everything(seed: int) -> None:
@@ -161,7 +161,7 @@ class Optimizer:
         self.schedule.load_state_dict(state["schedule"])
 
 
-# --- batches, checks, clipping ---------------------------------------------------------------------
+# --- batches, checks, clipping --------------------------------------------------------------------
 
 
 class Batch(NamedTuple):
@@ -257,7 +257,7 @@ def minimize(loss_fn: Callable[[list], tuple[Tensor, dict]], micro_batches: int 
     return step
 
 
-# --- metrics log -----------------------------------------------------------------------------------
+# --- metrics log ----------------------------------------------------------------------------------
 
 
 def save_metrics(metrics: Sequence[dict], path) -> Path:
@@ -274,7 +274,7 @@ def load_metrics(path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-# --- checkpoints -----------------------------------------------------------------------------------
+# --- checkpoints ----------------------------------------------------------------------------------
 
 
 def _rng_state() -> dict:
@@ -334,7 +334,7 @@ def load_checkpoint(path, model: nn.Module, optimizer: Optimizer, config=None,
     return saved["step"], load_metrics(path / METRICS_FILE)
 
 
-# --- the loop --------------------------------------------------------------------------------------
+# --- the loop -------------------------------------------------------------------------------------
 
 
 def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimizer], dict],

@@ -59,6 +59,7 @@ from dpo_edu import plots, tabular, toy
 from dpo_edu.losses import dpo_loss
 from dpo_edu.presets import get_preset
 from dpo_edu.record import record
+from dpo_edu.source import show_source
 from dpo_edu.widgets import explore_dpo_loss
 
 preset = get_preset(PRESET, PRESET_OVERRIDES)
@@ -122,6 +123,14 @@ record("z_cancels_max_error", z_cancel_error)
 # No reward model, no sampling, no RL: a binary classification loss on log-probabilities,
 # whose population minimiser is $\pi^*$ for the reward behind the preferences.
 #
+# The course's implementation, which every DPO run in notebooks 05 and later calls, reads like the
+# equation: the two log-ratios, their difference $u$, the margin $h = \beta u$ of the implicit rewards,
+# then one line per loss (cDPO and IPO are section 8's fixes). Its metrics carry TRL's names.
+
+# %%
+show_source(dpo_loss)
+
+# %% [markdown]
 # **Sanity value:** at the start of training $\pi_\theta = \pi_\text{ref}$, every implicit reward
 # is 0 and the loss is $-\log\sigma(0) = \log 2 \approx 0.693$. A DPO run that does not start
 # at 0.693 has a bug (usually the reference log-probs).

@@ -62,10 +62,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from dpo_edu import evaluate, pipeline, plots
+from dpo_edu import evaluate, pipeline, plots, ppo
 from dpo_edu.live import LiveCurves
 from dpo_edu.presets import get_preset
 from dpo_edu.record import record
+from dpo_edu.source import show_source
 from dpo_edu.widgets import explore_runs
 
 preset = get_preset(PRESET, PRESET_OVERRIDES)
@@ -100,7 +101,31 @@ print(f"π_ref: ground-truth reward {sft_eval['eval/reward']:.3f}")
 record("sft_reward", sft_eval["eval/reward"])
 
 # %% [markdown]
-# ## 2. Train both, side by side
+# ## 2. One PPO step, in code
+#
+# DPO's step is notebook 03's loss on a batch of pairs (`losses.dpo_loss`). PPO's has three parts:
+#
+# 1. **Rollout** (`ppo.rollout`): sample a completion $y$ of each prompt from $\pi_\theta$, score it,
+#    $s = r_\phi(x, y)$, normalised by its mean and spread on $\pi_\text{ref}$'s samples, and give every
+#    token a reward: the KL penalty $r_t = -\beta\,(\log\pi_\theta(y_t) - \log\pi_\text{ref}(y_t))$, plus
+#    the score at the last token.
+# 2. **Advantages** by generalised advantage estimation, scanning each response backwards with the value
+#    head's predictions $V_t$: $\delta_t = r_t + \gamma V_{t+1} - V_t$, $A_t = \delta_t + \gamma\lambda A_{t+1}$.
+#    Padding passes $A_{t+1}$ and $V_{t+1}$ on untouched:
+
+# %%
+show_source(ppo.gae)
+
+# %% [markdown]
+# 3. **Update**: several passes of shuffled minibatches over the rollout. Each recomputes the policy's
+#    log-probs and values with `models.response_logps` (the one function every method reads log-probs
+#    with) and minimises the clipped policy loss plus the clipped value loss:
+
+# %%
+show_source(ppo.ppo_update)
+
+# %% [markdown]
+# ## 3. Train both, side by side
 #
 # Every DPO β and every PPO target KL is one run from the same $\pi_\text{ref}$; each is evaluated
 # `N_EVALS` times during training. The dashboard redraws as they train: ground-truth reward and KL on
@@ -161,7 +186,7 @@ plots.plot_training_curves(
 )
 
 # %% [markdown]
-# ## 3. The reward–KL frontier
+# ## 4. The reward–KL frontier
 #
 # Every evaluation of every run: ground-truth reward against sequence KL on held-out prompts (the
 # exact per-token KL summed over each sampled response, `evaluate.sequence_kl`). In the paper (GPT-2
@@ -196,7 +221,7 @@ record("dpo_best_reward_at_kl", best_at_bounded_kl("DPO"))
 record("ppo_best_reward_at_kl", best_at_bounded_kl("PPO"))
 
 # %% [markdown]
-# ## 4. Samples: the same prompts, three policies
+# ## 5. Samples: the same prompts, three policies
 #
 # The last evaluation's completions of each run's policy, beside $\pi_\text{ref}$'s, with their
 # ground-truth rewards.
@@ -209,7 +234,7 @@ for name in (f"DPO β={betas[0]:g}", f"PPO KL→{targets[0]:g}"):
 table
 
 # %% [markdown]
-# ## 5. What each pipeline costs
+# ## 6. What each pipeline costs
 #
 # Both pipelines share SFT and the preference pairs. RLHF adds a reward model and PPO, whose every step
 # *samples* completions token by token, then scores them with the reward model and $\pi_\text{ref}$ and
@@ -232,7 +257,7 @@ record("cost_ratio_seconds", ratio["seconds"])
 record("cost_ratio_forward_tokens", ratio["forward_tokens"])
 
 # %% [markdown]
-# ## 6. Explore the runs
+# ## 7. Explore the runs
 #
 # Pick a run: its points on the frontier are highlighted and its latest samples listed.
 

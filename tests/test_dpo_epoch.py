@@ -5,7 +5,7 @@ import re
 import pytest
 from conftest import load_script
 
-from dpo_edu import data, dpo
+from dpo_edu import data
 from dpo_edu.presets import get_preset
 
 dpo_epoch = load_script("benchmarks/dpo_epoch.py")
@@ -20,7 +20,7 @@ def test_two_epochs_report_cost_and_rewards_and_keep_notebook_05s_run(ci_course_
 
     pairs = int(re.search(r"preset ci: ([\d,]+) pairs", out).group(1).replace(",", ""))
     assert 0 < pairs < len(data.load_jsonl(ci_course_run / "pairs" / "pairs.jsonl"))  # its held-out split is left out
-    config = dpo.DPOConfig.from_preset(get_preset("ci", verbose=False, dpo_epochs=2.0))
+    config = get_preset("ci", {"dpo.epochs": 2.0}, verbose=False).dpo
     assert f"2 epoch(s) = {config.total_steps(pairs)} steps of {config.batch_size}" in out
     assert float(re.search(r"DPO run: ([\d.]+) s", out).group(1)) > 0
     assert int(re.search(r"([\d,]+) forward", out).group(1).replace(",", "")) > 0

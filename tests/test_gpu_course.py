@@ -15,8 +15,8 @@ def test_table_has_both_notebooks_and_every_metered_stage(ci_course_run):
     ci = get_preset("ci", verbose=False)
     rows = gpu_course.stage_rows(ci_course_run)
     expected = ["notebook 04 (all of it)", "notebook 05 (all of it)", "reward_model",
-                *(f"dpo/beta_{beta:g}" for beta in ci.dpo_beta_sweep),
-                *(f"ppo/target_{target:g}" for target in ci.ppo_target_sweep)]
+                *(f"dpo/beta_{beta:g}" for beta in ci.frontier.dpo_betas),
+                *(f"ppo/target_{target:g}" for target in ci.frontier.ppo_targets)]
     assert [row["stage"] for row in rows] == expected
     for row in rows[2:]:
         assert row == {"stage": row["stage"], **json.loads((ci_course_run / row["stage"] / "cost.json").read_text())}
