@@ -26,7 +26,8 @@ def load_script(relative: str):
 @pytest.fixture(scope="session")
 def tiny_preset():
     """The ``ci`` preset shrunk to a 2-layer, 32-wide GPT-2 with a 300-token vocabulary."""
-    return get_preset("ci", verbose=False, n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300)
+    return get_preset("ci", {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 64,
+                             "model.vocab_size": 300}, verbose=False)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,7 @@ def tiny_lm(tmp_path_factory, tiny_preset):
     """``(policy, tokenizer)`` through the preset's own code path (about a second); treat it as read-only."""
     texts = [review.text[:300] for review in data.load_imdb(n=200, verbose=False)]
     with toy.one_thread():
-        policy, tokenizer = models.init_policy(tiny_preset, texts, tmp_path_factory.mktemp("tiny_lm"))
+        policy, tokenizer = models.init_policy(tiny_preset.model, texts, tmp_path_factory.mktemp("tiny_lm"))
     return policy.eval(), tokenizer
 
 

@@ -6,9 +6,11 @@ executed copy. DESIGN.md's "proves numerically" column for 01–03 is asserted h
 
 import json
 import math
+import shutil
 
 import pytest
 
+from dpo_edu import cli
 from dpo_edu.cli import run_course
 
 MAX_SECONDS = 120  # a runaway guard: each theory notebook takes 6–15 s on 2 idle cores
@@ -132,3 +134,21 @@ def test_05_puts_both_methods_on_the_frontier(language_model_run):
         assert records[f"{method}_best_reward_at_kl"] == max(bounded) > records["sft_reward"], method
     # RLHF samples, scores and updates with a value head; DPO takes supervised steps on fixed pairs.
     assert records["cost_ratio_forward_tokens"] > 1 and records["cost_ratio_seconds"] > 1
+
+
+@pytest.mark.notebook
+def test_05_runs_ipo_from_a_dotted_override(ci_course_run, tmp_path):
+    """`--set dpo.loss_type=ipo` reaches notebook 05's DPO runs through PRESET_OVERRIDES; everything else is
+    reused from the ci run folder (copied: other tests read its DPO runs)."""
+    out = tmp_path / "ipo"
+    shutil.copytree(ci_course_run, out)
+    overrides = cli.preset_overrides(["dpo.loss_type=ipo", "frontier.dpo_betas=(0.1,)"])
+    summary = run_course("ci", out, ["05_rlhf_vs_dpo"], overrides=overrides)
+    records = summary["notebooks"]["05_rlhf_vs_dpo"]["records"]
+    assert {p["run"] for p in records["frontier_points"]} == {"DPO β=0.1", "PPO KL→2", "PPO KL→8"}
+    settings = json.loads((out / "dpo" / "beta_0.1" / "settings.json").read_text())
+    assert settings["dpo"]["loss_type"] == "ipo"
+    first = json.loads((out / "dpo" / "beta_0.1" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(1 / (4 * 0.1**2), rel=1e-6)  # IPO at π = π_ref: (0 − 1/2β)² = 25
+    ppo_metrics = (out / "ppo" / "target_2" / "metrics.jsonl").read_text()
+    assert ppo_metrics == (ci_course_run / "ppo" / "target_2" / "metrics.jsonl").read_text()  # reused, not rebuilt
