@@ -7,7 +7,7 @@ import weakref
 
 import torch
 
-from dpo_edu import models
+from dpo_edu import models, sampling
 from dpo_edu.cost import CostMeter
 
 
@@ -18,8 +18,8 @@ def test_counts_forward_and_backward_tokens(tiny_lm, one_thread):
     tokens = batch["input_ids"].numel()
     with CostMeter(policy) as cost:
         with torch.no_grad():
-            models.sequence_logps(policy, **batch)  # forward only
-        models.sequence_logps(policy, **batch).sum().backward()  # forward + backward
+            assert models.response_logps(policy, batch).sequence_logps.shape == (2,)  # forward only
+        models.response_logps(policy, batch).sequence_logps.sum().backward()  # forward + backward
     summary = cost.summary()
     assert summary["forward_tokens"] == 2 * tokens and summary["backward_tokens"] == tokens
     # Two tiny passes can take under 5 ms on a fast machine, so the rounded summary may say 0.0 s.
@@ -32,7 +32,7 @@ def test_sampling_with_the_kv_cache_counts_one_token_per_row_per_step(tiny_lm, o
     prompts = ["The film", "A good"]
     width = models.encode_pairs(tokenizer, prompts, [[], []])["input_ids"].shape[1]
     with CostMeter(policy) as cost:
-        _, ids, mask = models.generate(policy, tokenizer, prompts, max_new_tokens=5, seed=0, return_ids=True)
+        _, ids, mask = sampling.generate(policy, tokenizer, prompts, max_new_tokens=5, seed=0, return_ids=True)
     steps = int(mask.sum(0).gt(0).sum())  # sampling stops early only when every row has stopped
     assert cost.forward_tokens == 2 * width + 2 * (steps - 1) and cost.backward_tokens == 0
 
@@ -43,7 +43,7 @@ def test_a_meter_can_be_entered_twice(tiny_lm):
     batch = models.encode_pairs(tokenizer, ["x"], [" y"])
     for _ in range(2):
         with meter, torch.no_grad():
-            models.sequence_logps(policy, **batch)
+            assert models.response_logps(policy, batch).sequence_logps.shape == (1,)
     assert meter.forward_tokens == 2 * batch["input_ids"].numel()
 
 
@@ -51,7 +51,7 @@ def test_counts_a_trainer_that_calls_the_transformer_body_directly(tiny_lm, one_
     policy, tokenizer = tiny_lm
     batch = models.encode_pairs(tokenizer, ["The film"], [" was fine"])
     with CostMeter(policy) as cost, torch.no_grad():
-        policy.base_model(input_ids=batch["input_ids"])  # as dpo.response_logps does
+        policy.base_model(input_ids=batch["input_ids"])  # as models.response_logps does
     assert cost.forward_tokens == batch["input_ids"].numel()
 
 
@@ -61,11 +61,11 @@ def test_a_model_deleted_mid_run_is_freed_and_still_counted_until_then(tiny_lm, 
     alive = weakref.ref(ref)
     batch = models.encode_pairs(tokenizer, ["The film"], [" was fine"])
     with CostMeter(policy, ref) as cost, torch.no_grad():
-        models.sequence_logps(ref, **batch)
+        assert models.response_logps(ref, batch).sequence_logps.shape == (1,)
         del ref  # as dpo_run does after the reference precompute
         gc.collect()
         assert alive() is None  # the meter holds no reference of its own
-        models.sequence_logps(policy, **batch)
+        assert models.response_logps(policy, batch).sequence_logps.shape == (1,)
     assert cost.forward_tokens == 2 * batch["input_ids"].numel()
 
 

@@ -32,8 +32,9 @@ def tokenizer(texts):
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory, texts, tokenizer):
     """A tiny π_SFT saved as a run folder, its weights shaken so hidden states differ a lot between texts."""
-    preset = dataclasses.replace(get_preset("ci", verbose=False), n_layer=1, n_embd=32, n_head=2, vocab_size=300)
-    policy = models.build_model(preset, tokenizer, seed=0)
+    model_config = dataclasses.replace(get_preset("ci", verbose=False).model, n_layer=1, n_embd=32, n_head=2,
+                                       vocab_size=300)
+    policy = models.build_model(model_config, tokenizer, seed=0)
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(1)
         for p in policy.parameters():
@@ -236,11 +237,14 @@ def test_bad_inputs_raise_naming_the_argument(policy_dir, tokenizer):
         rm(torch.ones(1, 129, dtype=torch.long), torch.ones(1, 129, dtype=torch.long))
 
 
-def test_config_from_preset():
+def test_presets_hold_a_reward_config_of_whole_epochs():
     for preset in PRESETS.values():
-        config = RewardConfig.from_preset(preset)
-        assert (config.epochs, config.batch_size, config.lr) == (preset.rm_epochs, preset.rm_batch_size, preset.rm_lr)
-        assert config.steps is None  # as many steps as rm_epochs passes over the pairs take
-    ci = PRESETS["ci"]
-    per_epoch = math.ceil(100 / ci.rm_batch_size)
-    assert RewardConfig.from_preset(ci).total_steps(100) == math.ceil(ci.rm_epochs * per_epoch)
+        config = preset.reward_model
+        assert isinstance(config, RewardConfig)
+        assert config.steps is None  # as many steps as `epochs` passes over the pairs take
+    ci = PRESETS["ci"].reward_model
+    per_epoch = math.ceil(100 / ci.batch_size)
+    assert ci.total_steps(100) == math.ceil(ci.epochs * per_epoch)
+    half = get_preset("ci", {"reward_model.epochs": 0.5, "reward_model.batch_size": 8}, verbose=False).reward_model
+    assert (half.epochs, half.batch_size, half.lr) == (0.5, 8, ci.lr)
+    assert half.total_steps(100) == math.ceil(0.5 * math.ceil(100 / 8)) == 7

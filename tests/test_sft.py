@@ -23,19 +23,19 @@ def texts(short_reviews):
 
 
 @pytest.fixture(scope="module")
-def preset():
-    return dataclasses.replace(get_preset("ci", verbose=False), n_layer=1, n_embd=32, n_head=2, vocab_size=300)
+def model_config():
+    return dataclasses.replace(get_preset("ci", verbose=False).model, n_layer=1, n_embd=32, n_head=2, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(texts, preset):
-    return models.train_tokenizer(texts, preset.vocab_size, model_max_length=preset.n_positions)
+def tokenizer(texts, model_config):
+    return models.train_tokenizer(texts, model_config.vocab_size, model_max_length=model_config.n_positions)
 
 
 @pytest.fixture
-def make_model(preset, tokenizer):
+def make_model(model_config, tokenizer):
     def make(seed: int = 0, shake: float = 0.0):
-        model = models.build_model(preset, tokenizer, seed)
+        model = models.build_model(model_config, tokenizer, seed)
         if shake:  # random init (std 0.02) is nearly uniform: shake the weights so logits differ a lot
             with torch.random.fork_rng(), torch.no_grad():
                 torch.manual_seed(seed + 1)
@@ -137,7 +137,12 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(make_model, tokeniz
     assert resumed == full  # every float of every step, exactly
     for (name, a), b in zip(full_model.named_parameters(), resumed_model.parameters()):
         assert torch.equal(a, b), name
-    assert (tmp_path / "last" / "model" / "config.json").is_file()  # the model went through save_pretrained
+    # The checkpoint holds the weights as a state_dict (no model folder): those of the finished run.
+    saved = torch.load(tmp_path / "last" / training.STATE_FILE, weights_only=False)
+    assert saved["step"] == 7 and not (tmp_path / "last" / "model").exists()
+    assert saved["model"].keys() == full_model.state_dict().keys()
+    for name, a in full_model.state_dict().items():
+        assert torch.equal(saved["model"][name], a), name
 
 
 def test_non_finite_loss_names_step_and_batch(make_model, tokenizer, texts):
@@ -179,12 +184,15 @@ def test_train_sft_rejects_bad_setups(make_model, tokenizer, texts):
         SFTConfig(max_length=1)
 
 
-def test_config_from_preset():
+def test_presets_hold_an_sft_config_that_fits_their_model():
     for preset in PRESETS.values():
-        config = SFTConfig.from_preset(preset, progress=False)
-        assert (config.steps, config.batch_size, config.lr, config.warmup_steps, config.max_length) == (
-            preset.sft_steps, preset.sft_batch_size, preset.sft_lr, preset.sft_warmup_steps, preset.max_length)
-        assert config.max_length <= preset.n_positions
-    assert SFTConfig.from_preset(PRESETS["ci"], steps=3).steps == 3
-    with pytest.raises(ValueError, match="unknown SFTConfig field"):
-        SFTConfig.from_preset(PRESETS["ci"], stepz=3)
+        assert isinstance(preset.sft, SFTConfig)
+        assert preset.sft.max_length <= preset.model.n_positions
+    ci = get_preset("ci", {"sft.steps": 3, "sft.max_length": 32}, verbose=False)
+    assert (ci.sft.steps, ci.sft.max_length) == (3, 32)
+    assert dataclasses.replace(ci.sft, steps=PRESETS["ci"].sft.steps, max_length=PRESETS["ci"].sft.max_length) == (
+        PRESETS["ci"].sft)  # nothing else changed
+    with pytest.raises(ValueError, match="did you mean sft.steps"):
+        get_preset("ci", {"sft.stepz": 3}, verbose=False)
+    with pytest.raises(ValueError, match=r"preset field 'sft.max_length': max_length"):
+        get_preset("ci", {"sft.max_length": 1}, verbose=False)

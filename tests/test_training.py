@@ -6,15 +6,17 @@ every number the loop produces is then cheap to check by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
-from pathlib import Path
+import shutil
 
 import pytest
 import torch
 from torch import nn
 
 from dpo_edu import toy, training
+from dpo_edu.sft import SFTConfig
 from dpo_edu.training import TrainConfig
 
 
@@ -26,7 +28,7 @@ def single_thread():
 
 
 class Line(nn.Module):
-    """y = w·x + b, with the save_pretrained / from_pretrained pair the checkpoints use."""
+    """y = w·x + b; checkpoints store its state_dict, so it needs nothing else."""
 
     def __init__(self):
         super().__init__()
@@ -35,16 +37,6 @@ class Line(nn.Module):
 
     def forward(self, x):
         return self.linear(self.dropout(x)).squeeze(-1)
-
-    def save_pretrained(self, path):
-        Path(path).mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), Path(path) / "weights.pt")
-
-    @classmethod
-    def from_pretrained(cls, path):
-        model = cls()
-        model.load_state_dict(torch.load(Path(path) / "weights.pt"))
-        return model
 
 
 # y = 3·x₀ − 2·x₁ + 1 on 10 fixed points
@@ -56,14 +48,18 @@ def _model(seed: int = 0) -> Line:
     return Line()
 
 
-def _step_fn(model):
-    def step_fn(batch):
-        x = torch.tensor([[a, b] for a, b, _ in batch])
-        y = torch.tensor([t for _, _, t in batch])
+def _loss_fn(model):
+    def loss_fn(rows):
+        x = torch.tensor([[a, b] for a, b, _ in rows])
+        y = torch.tensor([t for _, _, t in rows])
         loss = ((model(x) - y) ** 2).mean()
         return loss, {"mean_target": y.mean().item()}
 
-    return step_fn
+    return loss_fn
+
+
+def _step_fn(model):
+    return training.minimize(_loss_fn(model))
 
 
 def _config(**changes) -> TrainConfig:
@@ -188,7 +184,8 @@ def test_metrics_round_trip_exactly(tmp_path):
 @pytest.mark.parametrize(
     "field, value",
     [("lr", 0.0), ("lr", float("inf")), ("batch_size", 0), ("steps", 0), ("epochs", -1.0), ("warmup_steps", -1),
-     ("grad_clip", 0.0), ("weight_decay", -0.1), ("schedule", "cosine"), ("log_every", 0), ("batch_size", 2.0)],
+     ("grad_clip", 0.0), ("weight_decay", -0.1), ("schedule", "cosine"), ("log_every", 0), ("batch_size", 2.0),
+     ("adam_eps", 0.0)],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -289,9 +286,120 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
     model = _model()
-    optimizer, scheduler = training.make_optimizer(model, 0.1, 5)
-    training.save_checkpoint(tmp_path, model, optimizer, scheduler, 3, [{"step": 3}])
+    optimizer = training.Optimizer(model, _config(lr=0.1), total_steps=5)
+    training.save_checkpoint(tmp_path, model, optimizer, 3, [{"step": 3}])
     (tmp_path / "last.tmp").mkdir()  # a save that died before writing its state file
     assert training.find_checkpoint(tmp_path) == tmp_path / "last"
-    step, metrics = training.load_checkpoint(tmp_path / "last", model, optimizer, scheduler)
+    step, metrics = training.load_checkpoint(tmp_path / "last", model, optimizer)
     assert step == 3 and metrics == [{"step": 3}]
+
+
+def test_checkpoint_restores_weights_optimizer_and_schedule(tmp_path):
+    model = training.disable_dropout(_model())
+    optimizer = training.Optimizer(model, _config(), total_steps=9)
+    step = _step_fn(model)
+    batches = training.iterate_batches(POINTS, 3)
+    for _ in range(2):
+        step(next(batches), optimizer)
+        optimizer.schedule.step()
+    training.save_checkpoint(tmp_path, model, optimizer, 2, [])
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    other = training.disable_dropout(_model(seed=5))
+    other_optimizer = training.Optimizer(other, _config(), total_steps=9)
+    assert training.load_checkpoint(tmp_path / "last", other, other_optimizer) == (2, [])
+    assert all(torch.equal(saved[k], v) for k, v in other.state_dict().items())
+    assert other_optimizer.lr == optimizer.lr == pytest.approx(0.05)  # warmup of 2 steps done
+    assert other_optimizer.state_dict()["adamw"]["state"][0]["step"] == 2
+    # One more step from either gives the same weights: the AdamW moments came back too.
+    batch = next(batches)
+    step(batch, optimizer)
+    _step_fn(other)(batch, other_optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+# --- a trainer's own step and state ---------------------------------------------------------------------------
+
+
+def _adaptive_step(model, state):
+    """A custom step whose loss weight adapts, as PPO's KL coefficient: the state changes the numbers."""
+    loss_fn = _loss_fn(model)
+
+    def step(batch, optimizer):
+        optimizer.zero_grad()
+        loss, metrics = loss_fn(batch.items)
+        (state["coef"] * loss).backward()
+        grad_norm = optimizer.step(batch)
+        state["coef"] *= 1.5 if loss.item() > state["target"] else 0.5
+        state["rows_seen"] += len(batch.items)
+        return {"loss": loss.item(), "coef": state["coef"], "grad_norm": grad_norm, **metrics}
+
+    return step
+
+
+def _state() -> dict:
+    return {"coef": 1.0, "target": 4.0, "rows_seen": 0}
+
+
+def _train_custom(config, state, seed=0, **kwargs):
+    model = _model(seed)
+    return model, training.train_loop(model, POINTS, _adaptive_step(model, state), config, state=state, **kwargs)
+
+
+def test_custom_step_state_is_checkpointed_and_restored(tmp_path):
+    config = _config(steps=9, save_every=2, lr=0.02)
+    full_state, snapshots = _state(), {}
+    full_model, full = _train_custom(config, full_state,
+                                     callback=lambda step, row: snapshots.update({step: dict(full_state)}))
+    assert full_state["rows_seen"] == 10 + 10 + 3  # two epochs of 3 + 3 + 3 + 1 rows, then 3
+    assert len({m["coef"] for m in full}) > 2  # the state moved
+
+    def stop_at_5(step, row):
+        if step == 5:
+            raise Interrupt  # the checkpoint holds step 4
+
+    with pytest.raises(Interrupt):
+        _train_custom(config, _state(), callback=stop_at_5, checkpoint_dir=tmp_path)
+    saved = torch.load(tmp_path / "last" / training.STATE_FILE, weights_only=False)
+    assert saved["step"] == 4 and saved["state"] == snapshots[4]
+    # A fresh state and another init: both come back from the checkpoint.
+    resumed_state = _state()
+    resumed_model, resumed = _train_custom(config, resumed_state, seed=7, checkpoint_dir=tmp_path)
+    assert resumed == full and resumed_state == full_state
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+    # Without the state the resumed run starts from coef = 1 again, and its numbers differ.
+    shutil.rmtree(tmp_path / "last")
+    with pytest.raises(Interrupt):
+        _train_custom(config, _state(), callback=stop_at_5, checkpoint_dir=tmp_path)
+    model = _model(7)
+    unrestored = training.train_loop(model, POINTS, _adaptive_step(model, _state()), config, checkpoint_dir=tmp_path)
+    assert unrestored[:4] == full[:4] and unrestored[4:] != full[4:]
+
+
+def test_result_settings_drops_exactly_the_cosmetic_fields():
+    config = _config(log_every=3, save_every=5, progress=True)
+    everything = dataclasses.asdict(config)
+    settings = training.result_settings(config)
+    assert set(everything) - set(settings) == {"log_every", "save_every", "progress"}
+    assert settings == {k: v for k, v in everything.items() if k not in ("log_every", "save_every", "progress")}
+    assert training.result_settings(dataclasses.replace(config, log_every=1, save_every=1, progress=False)) == settings
+    assert training.result_settings(dataclasses.replace(config, adam_eps=1e-5)) != settings
+    sft = SFTConfig(max_length=32)
+    assert training.result_settings(sft)["max_length"] == 32  # a subclass keeps its own fields
+    assert set(dataclasses.asdict(sft)) - set(training.result_settings(sft)) == {"log_every", "save_every", "progress"}
+
+
+def test_adam_eps_reaches_adamw():
+    optimizer = training.Optimizer(_model(), TrainConfig(adam_eps=1e-5), total_steps=3)
+    assert [g["eps"] for g in optimizer.adamw.param_groups] == [1e-5, 1e-5]
+    assert [g["eps"] for g in training.Optimizer(_model(), TrainConfig(), 3).adamw.param_groups] == [1e-8, 1e-8]
+    # AdamW's first step moves each weight by lr · g / (|g| + ε) (m̂ = g, v̂ = g²): ε = 0.5 shows in it.
+    model = _model()
+    optimizer = training.Optimizer(model, TrainConfig(lr=0.1, adam_eps=0.5, grad_clip=None), total_steps=1)
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [torch.tensor([[3.0, -0.5]]), torch.tensor([1.0])]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    optimizer.step(training.Batch(0, 0, 0, [0], [None]))
+    for p, b, g in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), b - 0.1 * g / (g.abs() + 0.5), rtol=0, atol=1e-7)
