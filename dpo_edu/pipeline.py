@@ -28,7 +28,8 @@ from .reward_model import RewardModel, train_reward_model
 from .sentiment import TFIDF, SentimentReward, TfidfSentiment, make_reward
 from .sft import train_sft
 from .stages import CHECKPOINT, Stage, fingerprint, stage
-from .training import load_metrics, result_settings, save_metrics
+from .checkpoints import load_metrics, save_metrics
+from .training import result_settings
 
 METRICS, COST, SAMPLES = "metrics.jsonl", "cost.json", "samples.jsonl"
 SFT_EVAL_TEXTS = 200  # held-out reviews for SFT's perplexity

@@ -9,7 +9,7 @@ The implementation details (Huang et al., 2023), each tied to its line: docs/not
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -310,5 +310,6 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
 
     metrics = train_loop(trainable, prompts, step, config, callback=callback,
                          checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, desc="PPO", state=state,
+                         settings={"generation": asdict(generation)},  # a checkpoint's samples were these
                          show=("objective/scores", "objective/kl"))
     return policy, metrics

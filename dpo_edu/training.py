@@ -9,22 +9,18 @@ Design notes: docs/notes.md#training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
 from .validate import check_int, check_positive
 
 SCHEDULES = ("constant", "linear")
-STATE_FILE = "trainer_state.pt"  # written last: its presence marks a complete checkpoint
-METRICS_FILE = "metrics.jsonl"
 COSMETIC = ("log_every", "save_every", "progress")  # config fields that change no number
 
 
@@ -257,97 +253,22 @@ def minimize(loss_fn: Callable[[list], tuple[Tensor, dict]], micro_batches: int 
     return step
 
 
-# --- metrics log ----------------------------------------------------------------------------------
-
-
-def save_metrics(metrics: Sequence[dict], path) -> Path:
-    """One JSON object per step; Python floats round-trip exactly (NaN is written as ``NaN``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in metrics), encoding="utf-8")
-    return path
-
-
-def load_metrics(path) -> list[dict]:
-    """The rows written by :func:`save_metrics`."""
-    text = Path(path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-# --- checkpoints ----------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def save_checkpoint(checkpoint_dir, model: nn.Module, optimizer: Optimizer, step: int,
-                    metrics: Sequence[dict], config=None, state: dict | None = None) -> Path:
-    """Weights, optimiser, RNG states, metrics and a trainer's ``state`` in ``checkpoint_dir/last``,
-    written to ``last.tmp`` first, then renamed: an interrupted save leaves the previous one."""
-    root = Path(checkpoint_dir)
-    tmp, final = root / "last.tmp", root / "last"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_metrics(metrics, tmp / METRICS_FILE)
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "state": dict(state or {}), "rng": _rng_state(),
-                "config": None if config is None else result_settings(config)}, tmp / STATE_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
-
-
-def find_checkpoint(checkpoint_dir) -> Path | None:
-    """The complete checkpoint in ``checkpoint_dir``, or None."""
-    for name in ("last", "last.tmp"):  # a complete last.tmp alone: a crash before the rename
-        path = Path(checkpoint_dir) / name
-        if (path / STATE_FILE).is_file():
-            return path
-    return None
-
-
-def load_checkpoint(path, model: nn.Module, optimizer: Optimizer, config=None,
-                    state: dict | None = None) -> tuple[int, list[dict]]:
-    """Restore a checkpoint in place (``state`` updated too); returns ``(step, metrics)``.
-    With ``config``, refuses one written under a config whose numbers differ."""
-    path = Path(path)
-    # our own file (RNG states are Python objects); tensors move to their parameters when loaded
-    saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-    if config is not None and saved["config"] is not None:
-        now, then = result_settings(config), saved["config"]
-        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
-        if changed:
-            raise ValueError(f"checkpoint {path} was written with a different config "
-                             f"({', '.join(changed)}); use a fresh checkpoint_dir, or delete this one")
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if state is not None:
-        state.update(saved["state"])
-    random.setstate(saved["rng"]["python"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    if "cuda" in saved["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    return saved["step"], load_metrics(path / METRICS_FILE)
-
-
 # --- the loop -------------------------------------------------------------------------------------
 
 
 def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimizer], dict],
                config: TrainConfig, callback: Callable[[int, dict], Any] | None = None,
                checkpoint_dir=None, eval_fn: Callable[[], dict] | None = None, desc: str = "train",
-               state: dict | None = None, show: Sequence[str] = ("loss",)) -> list[dict]:
+               state: dict | None = None, settings: dict | None = None,
+               show: Sequence[str] = ("loss",)) -> list[dict]:
     """Train ``model`` on ``items``; returns the metrics, one dict per step.
 
     ``step(batch, optimizer)`` does one training step and returns its metrics. ``eval_fn()``'s
     metrics join the log every ``eval_every`` steps and after the last; ``callback(step, row)`` runs
     every ``log_every``. With ``checkpoint_dir``, the run saves every ``save_every`` steps and resumes
-    from a checkpoint there to the numbers of an uninterrupted run (``state``, a trainer's own
-    resumable values, included). ``show``: the metrics on the progress bar.
+    from a checkpoint there to the numbers of an uninterrupted run: ``state`` holds a trainer's own
+    resumable values; ``settings``, what else its numbers depend on (a checkpoint of others is
+    refused). ``show``: the metrics on the progress bar.
     """
     from tqdm.auto import tqdm
 
@@ -357,10 +278,11 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
     if config.disable_dropout:
         disable_dropout(model)
     optimizer = Optimizer(model, config, total)
+    key = {**result_settings(config), **(settings or {})}  # what a checkpoint must have been made with
     done, metrics = 0, []
     found = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if found is not None:
-        done, metrics = load_checkpoint(found, model, optimizer, config, state)
+        done, metrics = load_checkpoint(found, model, optimizer, key, state)
         if config.progress:
             print(f"{desc}: resuming from step {done} of {total} ({found})")
     model.train()
@@ -379,7 +301,7 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
                 model.train()
             metrics.append(row)
             if checkpoint_dir is not None and (done % config.save_every == 0 or done == total):
-                save_checkpoint(checkpoint_dir, model, optimizer, done, metrics, config, state)
+                save_checkpoint(checkpoint_dir, model, optimizer, done, metrics, key, state)
             bar.set_postfix({k.split("/")[-1]: f"{row[k]:.4g}" for k in show if k in row},
                             refresh=False)  # drawn at tqdm's own pace
             bar.update(1)

@@ -20,7 +20,8 @@ from dpo_edu.ppo import PPOConfig, Rollout, ValueHead, adapt_kl_coef, gae, rollo
 from dpo_edu.presets import PRESETS, get_preset
 from dpo_edu.reward_model import RewardModel, score
 from dpo_edu.sampling import Generation, generate
-from dpo_edu.training import STATE_FILE, find_checkpoint, iterate_batches
+from dpo_edu.checkpoints import STATE_FILE, find_checkpoint
+from dpo_edu.training import iterate_batches
 
 PROMPTS = ["The movie was", "I", "This film is a", "Acting", "What a", "Not", "The plot", "One of the best"]
 
@@ -395,6 +396,8 @@ def test_resume_equals_the_uninterrupted_run_and_the_seed_fixes_it(tiny_lm, tmp_
     with pytest.raises(ValueError, match="different config"):
         _train(tiny_lm, _config(lr=1e-3, steps=4, save_every=2, target_kl=1.0, kl_horizon=100),
                checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"different config \(generation\)"):  # its samples were GEN's
+        _train(tiny_lm, config, generation=Generation(max_new_tokens=5), checkpoint_dir=tmp_path)
 
 
 def test_a_resumed_run_restores_beta_and_the_episode_count(tiny_lm, tmp_path, one_thread):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from dpo_edu import models, training
+from dpo_edu import checkpoints, models, training
 from dpo_edu.presets import PRESETS, get_preset
 from dpo_edu.sft import IGNORE_INDEX, SFTConfig, collate, encode_texts, evaluate_sft, lm_loss_sum, train_sft
 
@@ -138,7 +138,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(make_model, tokeniz
     for (name, a), b in zip(full_model.named_parameters(), resumed_model.parameters()):
         assert torch.equal(a, b), name
     # The checkpoint holds the weights as a state_dict (no model folder): those of the finished run.
-    saved = torch.load(tmp_path / "last" / training.STATE_FILE, weights_only=False)
+    saved = torch.load(tmp_path / "last" / checkpoints.STATE_FILE, weights_only=False)
     assert saved["step"] == 7 and not (tmp_path / "last" / "model").exists()
     assert saved["model"].keys() == full_model.state_dict().keys()
     for name, a in full_model.state_dict().items():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from dpo_edu import toy, training
+from dpo_edu import checkpoints, toy, training
 from dpo_edu.sft import SFTConfig
 from dpo_edu.training import TrainConfig
 
@@ -176,7 +176,7 @@ def test_an_infinite_gradient_is_caught_before_the_step():
 
 def test_metrics_round_trip_exactly(tmp_path):
     rows = [{"step": 1, "loss": 0.1 + 0.2, "learning_rate": 1e-7 / 3}, {"step": 2, "loss": float("nan"), "note": "é"}]
-    back = training.load_metrics(training.save_metrics(rows, tmp_path / "sub" / "m.jsonl"))
+    back = checkpoints.load_metrics(checkpoints.save_metrics(rows, tmp_path / "sub" / "m.jsonl"))
     assert back[0] == rows[0] and back[0]["loss"] == 0.30000000000000004
     assert math.isnan(back[1]["loss"]) and back[1]["note"] == "é"
 
@@ -265,8 +265,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
     with pytest.raises(Interrupt):
         _train(config, checkpoint_dir=tmp_path, callback=stop_at_5)
-    assert training.find_checkpoint(tmp_path) == tmp_path / "last"
-    assert len(training.load_metrics(tmp_path / "last" / training.METRICS_FILE)) == 4
+    assert checkpoints.find_checkpoint(tmp_path) == tmp_path / "last"
+    assert len(checkpoints.load_metrics(tmp_path / "last" / checkpoints.METRICS_FILE)) == 4
     torch.manual_seed(999)  # a different random state and a different init: both come from the checkpoint
     resumed_model, resumed = _train(config, seed=7, checkpoint_dir=tmp_path)
     assert resumed == full
@@ -287,10 +287,10 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
     model = _model()
     optimizer = training.Optimizer(model, _config(lr=0.1), total_steps=5)
-    training.save_checkpoint(tmp_path, model, optimizer, 3, [{"step": 3}])
+    checkpoints.save_checkpoint(tmp_path, model, optimizer, 3, [{"step": 3}])
     (tmp_path / "last.tmp").mkdir()  # a save that died before writing its state file
-    assert training.find_checkpoint(tmp_path) == tmp_path / "last"
-    step, metrics = training.load_checkpoint(tmp_path / "last", model, optimizer)
+    assert checkpoints.find_checkpoint(tmp_path) == tmp_path / "last"
+    step, metrics = checkpoints.load_checkpoint(tmp_path / "last", model, optimizer)
     assert step == 3 and metrics == [{"step": 3}]
 
 
@@ -302,11 +302,11 @@ def test_checkpoint_restores_weights_optimizer_and_schedule(tmp_path):
     for _ in range(2):
         step(next(batches), optimizer)
         optimizer.schedule.step()
-    training.save_checkpoint(tmp_path, model, optimizer, 2, [])
+    checkpoints.save_checkpoint(tmp_path, model, optimizer, 2, [])
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     other = training.disable_dropout(_model(seed=5))
     other_optimizer = training.Optimizer(other, _config(), total_steps=9)
-    assert training.load_checkpoint(tmp_path / "last", other, other_optimizer) == (2, [])
+    assert checkpoints.load_checkpoint(tmp_path / "last", other, other_optimizer) == (2, [])
     assert all(torch.equal(saved[k], v) for k, v in other.state_dict().items())
     assert other_optimizer.lr == optimizer.lr == pytest.approx(0.05)  # warmup of 2 steps done
     assert other_optimizer.state_dict()["adamw"]["state"][0]["step"] == 2
@@ -359,7 +359,7 @@ def test_custom_step_state_is_checkpointed_and_restored(tmp_path):
 
     with pytest.raises(Interrupt):
         _train_custom(config, _state(), callback=stop_at_5, checkpoint_dir=tmp_path)
-    saved = torch.load(tmp_path / "last" / training.STATE_FILE, weights_only=False)
+    saved = torch.load(tmp_path / "last" / checkpoints.STATE_FILE, weights_only=False)
     assert saved["step"] == 4 and saved["state"] == snapshots[4]
     # A fresh state and another init: both come back from the checkpoint.
     resumed_state = _state()
