@@ -5,6 +5,7 @@ step, and a resumed run equals an uninterrupted one bit for bit."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 
@@ -12,9 +13,9 @@ import pytest
 import torch
 
 from dpo_edu import models
-from dpo_edu.dpo import (DPOConfig, collate_pairs, evaluate_pairs, make_eval_fn, pair_logps,
-                         precompute_reference_logps, preference_loss, tokenize_pairs, train_dpo)
-from dpo_edu.presets import PRESETS
+from dpo_edu.dpo import (DPOConfig, collate_pairs, evaluate_pairs, pair_logps, precompute_reference_logps,
+                         preference_loss, tokenize_pairs, train_dpo)
+from dpo_edu.presets import PRESETS, get_preset
 from dpo_edu.training import TrainConfig
 
 PROMPTS = ["The movie was", "I", "This film is a", "Acting", "What a", "Not", "The plot", "One of the best"]
@@ -83,7 +84,7 @@ def test_reference_logps_equal_sequence_logps_of_each_pair_alone(tiny_lm, prepar
         for side in ("chosen", "rejected"):
             batch = models.encode_pairs(tokenizer, [pair["prompt"]], [pair[side]], append_eos=True)
             with torch.no_grad():
-                alone = models.sequence_logps(ref, **batch).item()
+                alone = models.response_logps(ref, batch).sequence_logps.item()
             assert pair[f"ref_{side}_logps"] == pytest.approx(alone, rel=1e-6)  # float32 sums of ~40 terms
     assert prepared[3]["prompt_id"] == 3  # the record's other fields travel with it
 
@@ -98,7 +99,7 @@ def test_one_concatenated_pass_equals_two_separate_passes(tiny_lm, prepared, one
         prompts = [r["prompt_ids"] for r in rows]
         for side, ours, tokens in (("chosen", chosen, n_w), ("rejected", rejected, n_l)):
             alone = models.encode_pairs(tokenizer, prompts, [r[f"{side}_ids"] for r in rows])  # left-padded prompts
-            torch.testing.assert_close(ours, models.sequence_logps(ref, **alone), atol=1e-5, rtol=1e-6)
+            torch.testing.assert_close(ours, models.response_logps(ref, alone).sequence_logps, atol=1e-5, rtol=1e-6)
             assert tokens.tolist() == [len(r[f"{side}_ids"]) for r in rows]
         bucketed = pair_logps(ref, tokenizer, rows, buckets=3)  # rows sorted by length, three forward passes
         for ours, theirs in zip(bucketed, (chosen, rejected, n_w, n_l)):
@@ -178,26 +179,25 @@ def test_resume_equals_the_uninterrupted_run_and_the_seed_fixes_it(tiny_lm, prep
         assert torch.equal(a, b), name
 
 
-def test_eval_fn_reports_reward_kl_and_held_out_pairs(tiny_lm, prepared, tmp_path, one_thread):
+def test_evaluate_pairs_reports_held_out_pair_metrics_in_an_eval_fn(tiny_lm, prepared, one_thread):
+    """evaluate_pairs as train_dpo's eval_fn (make_eval_fn's reward and KL: test_evaluate.py)."""
     ref, tokenizer = tiny_lm
-    folder = models.save_policy(ref, tokenizer, tmp_path / "sft")
     policy = copy.deepcopy(ref)
-    reward = lambda texts: torch.tensor([float(t.count("e")) for t in texts])  # noqa: E731
-    config = _config(steps=4, eval_every=2, eval_max_new_tokens=5, eval_batch_size=4)
-    eval_fn = make_eval_fn(policy, tokenizer, config, prompts=PROMPTS[:4], reward=reward, ref=folder,
-                           eval_pairs=prepared[12:])
+    config = _config(steps=4, eval_every=2, eval_batch_size=4)
+    eval_fn = lambda: evaluate_pairs(policy, tokenizer, prepared[12:], config)  # noqa: E731
     before = eval_fn()
-    assert before["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # π = π_ref: no KL yet
-    assert before["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert before["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)  # π = π_ref
+    assert before["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-5)
     _, metrics = train_dpo(policy, tokenizer, prepared[:12], config, eval_fn=eval_fn)
-    evals = [m for m in metrics if "eval/kl" in m]
+    evals = [m for m in metrics if "eval_loss" in m]
     assert [m["step"] for m in evals] == [2, 4]
-    assert evals[-1]["eval/kl"] > 0 and "eval_rewards/margins" in evals[-1]
-    assert len(eval_fn.samples) == 4 and {"prompt", "completion", "reward", "kl"} <= set(eval_fn.samples[0])
+    assert "eval_rewards/margins" in evals[-1] and evals[-1]["eval_loss"] != pytest.approx(math.log(2), abs=1e-5)
     held = evaluate_pairs(policy, tokenizer, prepared[12:], config)
     assert held["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], abs=1e-6)
-    with pytest.raises(ValueError, match="needs a reward"):
-        make_eval_fn(policy, tokenizer, config, prompts=PROMPTS)
+    one_by_one = evaluate_pairs(policy, tokenizer, prepared[12:], _config(eval_batch_size=1))
+    assert one_by_one["eval_loss"] == pytest.approx(held["eval_loss"], abs=1e-5)  # the batch size changes nothing
+    with pytest.raises(ValueError, match="pairs is empty"):
+        evaluate_pairs(policy, tokenizer, [], config)
 
 
 def test_bad_setups_raise_naming_the_problem(tiny_lm, one_thread):
@@ -216,12 +216,18 @@ def test_bad_setups_raise_naming_the_problem(tiny_lm, one_thread):
             _config(**bad)
 
 
-def test_config_from_preset():
+def test_preset_dpo_configs_and_their_overrides():
     for preset in PRESETS.values():
-        config = DPOConfig.from_preset(preset, progress=False)
-        assert (config.epochs, config.batch_size, config.lr, config.beta, config.warmup_steps) == (
-            preset.dpo_epochs, preset.dpo_batch_size, preset.dpo_lr, preset.dpo_beta, preset.dpo_warmup_steps)
-        assert (config.max_length, config.length_buckets) == (preset.max_length, preset.dpo_length_buckets)
-        assert config.steps is None  # as many steps as dpo_epochs passes over the pairs take
-    with pytest.raises(ValueError, match="unknown DPOConfig field"):
-        DPOConfig.from_preset(PRESETS["ci"], bogus=1)
+        config = preset.dpo
+        assert isinstance(config, DPOConfig) and config.max_length <= preset.model.n_positions
+        assert config.steps is None  # as many steps as dpo.epochs passes over the pairs take
+    changed = get_preset("ci", {"dpo.beta": 0.5, "dpo.length_buckets": 2, "dpo.lr": 1e-3}, verbose=False).dpo
+    assert changed == dataclasses.replace(PRESETS["ci"].dpo, beta=0.5, length_buckets=2, lr=1e-3)
+    with pytest.raises(ValueError, match="it is now 'dpo.beta'"):
+        get_preset("ci", {"dpo_beta": 0.5}, verbose=False)
+    with pytest.raises(ValueError, match="preset field 'dpo.bogus' cannot be set"):
+        get_preset("ci", {"dpo.bogus": 1}, verbose=False)
+    with pytest.raises(ValueError, match="preset field 'dpo.beta'"):  # DPOConfig's own check, named
+        get_preset("ci", {"dpo.beta": 0.0}, verbose=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRESETS["ci"].dpo.beta = 1.0

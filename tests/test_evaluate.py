@@ -1,11 +1,15 @@
-"""Evaluation: the sequence KL of samples against hand computations, and the metrics of evaluate_policy."""
+"""Evaluation: the sequence KL of samples against hand computations, the metrics of evaluate_policy, and
+make_eval_fn inside a trainer."""
 
 import copy
+import random
 
 import pytest
 import torch
 
 from dpo_edu import evaluate, models
+from dpo_edu.dpo import DPOConfig, precompute_reference_logps, train_dpo
+from dpo_edu.sampling import Generation
 
 PROMPTS = ["The movie was", "I did not", "Acting", "What a"]
 
@@ -51,7 +55,8 @@ def test_evaluate_policy_reports_reward_kl_and_samples(tiny_lm, one_thread):
     policy = shaken(ref, scale=0.1)
     prompts = PROMPTS * 8
     reward = lambda texts: torch.tensor([float(t.count("e")) for t in texts])  # noqa: E731
-    metrics, samples = evaluate.evaluate_policy(policy, ref, tokenizer, prompts, reward, max_new_tokens=6, batch_size=8)
+    metrics, samples = evaluate.evaluate_policy(policy, ref, tokenizer, prompts, reward, Generation(max_new_tokens=6),
+                                                batch_size=8)
     assert set(metrics) == {"eval/reward", "eval/kl", "eval/kl_sampled", "eval/length"}
     assert len(samples) == len(prompts)
     assert metrics["eval/reward"] == pytest.approx(sum(s["reward"] for s in samples) / len(samples))
@@ -64,7 +69,8 @@ def test_evaluate_policy_reports_reward_kl_and_samples(tiny_lm, one_thread):
 
 def test_evaluate_policy_of_the_reference_has_zero_kl(tiny_lm, one_thread):
     ref, tokenizer = tiny_lm
-    metrics, _ = evaluate.evaluate_policy(ref, ref, tokenizer, PROMPTS, lambda t: torch.zeros(len(t)), 4, batch_size=3)
+    metrics, _ = evaluate.evaluate_policy(ref, ref, tokenizer, PROMPTS, lambda t: torch.zeros(len(t)), Generation(4),
+                                          batch_size=3)
     assert metrics["eval/kl"] == 0 and metrics["eval/kl_sampled"] == 0
 
 
@@ -72,8 +78,70 @@ def test_the_kl_chunk_changes_neither_the_samples_nor_the_kl(tiny_lm, one_thread
     ref, tokenizer = tiny_lm
     policy = shaken(ref, scale=0.1)
     reward = lambda texts: torch.zeros(len(texts))  # noqa: E731
-    one_go = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS * 3, reward, 6, batch_size=12, kl_batch_size=12)
-    chunks = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS * 3, reward, 6, batch_size=12, kl_batch_size=5)
+    one_go = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS * 3, reward, Generation(6), batch_size=12,
+                                     kl_batch_size=12)
+    chunks = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS * 3, reward, Generation(6), batch_size=12,
+                                     kl_batch_size=5)
     assert [s["completion"] for s in chunks[1]] == [s["completion"] for s in one_go[1]]
     assert [s["kl"] for s in chunks[1]] == pytest.approx([s["kl"] for s in one_go[1]], abs=1e-5)
     assert chunks[0]["eval/kl_sampled"] == pytest.approx(one_go[0]["eval/kl_sampled"], abs=1e-5)
+
+
+# --- make_eval_fn: the eval_fn every trainer takes ---------------------------------------------------------
+
+
+def _count_e(texts):
+    return torch.tensor([float(t.count("e")) for t in texts])
+
+
+def test_eval_fn_reports_reward_and_kl_with_ref_a_folder_or_a_model(tiny_lm, tmp_path, one_thread):
+    ref, tokenizer = tiny_lm
+    folder = models.save_policy(ref, tokenizer, tmp_path / "sft")
+    policy = copy.deepcopy(ref)
+    generation = Generation(max_new_tokens=5)
+    from_folder = evaluate.make_eval_fn(policy, tokenizer, PROMPTS, _count_e, folder, generation, batch_size=4)
+    from_model = evaluate.make_eval_fn(policy, tokenizer, PROMPTS, _count_e, ref, generation, batch_size=4)
+    assert from_folder.samples == []
+    before = from_folder()
+    assert set(before) == {"eval/reward", "eval/kl", "eval/kl_sampled", "eval/length"}
+    assert before["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # π = π_ref: no KL yet
+    assert from_model() == before  # the folder holds the same π_ref
+    # Inside a trainer: every eval_every steps and after the last, the same seed each time
+    pairs = [{"prompt": p, "chosen": " great fun", "rejected": " dull and bad"} for p in PROMPTS * 2]
+    config = DPOConfig(lr=1e-2, batch_size=4, steps=4, eval_every=2, max_length=48, progress=False)
+    pairs, _ = precompute_reference_logps(ref, tokenizer, pairs, config, verbose=False)
+    _, metrics = train_dpo(policy, tokenizer, pairs, config, eval_fn=from_folder)
+    evals = [m for m in metrics if "eval/kl" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    assert evals[-1]["eval/kl"] > 0 and evals[-1]["eval/kl"] > evals[0]["eval/kl"] - 1e-6
+    assert len(from_folder.samples) == len(PROMPTS)
+    assert {"prompt", "completion", "reward", "kl"} <= set(from_folder.samples[0])
+    assert [s["prompt"] for s in from_folder.samples] == PROMPTS
+    alone, samples = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS, _count_e, generation, batch_size=4)
+    assert {k: evals[-1][k] for k in alone} == alone and from_folder.samples == samples  # evaluate_policy, seed 0
+    assert from_model() == alone and from_model.samples == samples
+    with pytest.raises(ValueError, match="ref must be a model or a folder"):
+        evaluate.make_eval_fn(policy, tokenizer, PROMPTS, _count_e, tmp_path / "missing", generation)
+
+
+def test_eval_fn_leaves_the_training_random_state_untouched(tiny_lm, tmp_path, one_thread):
+    ref, tokenizer = tiny_lm
+    # A folder as gpt2's: one embedding row short (no pad), so loading it grows the embeddings from the RNG
+    short = copy.deepcopy(ref)
+    short.resize_token_embeddings(len(tokenizer) - 1)
+    short.save_pretrained(tmp_path / "gpt2_like")
+    state = torch.get_rng_state()
+    models.load_policy(tmp_path / "gpt2_like", tokenizer)
+    assert not torch.equal(torch.get_rng_state(), state)  # a plain load does move it: the trap is real
+    eval_fn = evaluate.make_eval_fn(copy.deepcopy(ref), tokenizer, PROMPTS, _count_e, tmp_path / "gpt2_like",
+                                    Generation(max_new_tokens=5))
+    torch.manual_seed(123)
+    random.seed(123)
+    state, python_state = torch.get_rng_state(), random.getstate()
+    first = eval_fn()
+    assert torch.equal(torch.get_rng_state(), state) and random.getstate() == python_state
+    completions = [s["completion"] for s in eval_fn.samples]
+    torch.manual_seed(456)  # nor does the training's random state change what is sampled (its own seed)
+    again = eval_fn()
+    assert [s["completion"] for s in eval_fn.samples] == completions
+    assert (again["eval/reward"], again["eval/length"]) == (first["eval/reward"], first["eval/length"])

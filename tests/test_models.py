@@ -1,9 +1,11 @@
-"""The models room: tokenizer, tiny GPT-2, sequence log-probs and sampling, against hand-written oracles."""
+"""The models room: tokenizer, tiny GPT-2 and the response log-probs, against hand-written oracles
+(sampling: test_sampling.py)."""
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import os
 import time
 
@@ -34,13 +36,14 @@ def texts():
 
 @pytest.fixture(scope="module")
 def tiny_preset():
-    return get_preset("ci", verbose=False, n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300)
+    return get_preset("ci", {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 64,
+                             "model.vocab_size": 300}, verbose=False)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, texts, tiny_preset):
     """``(policy, tokenizer)`` through the preset's own code path, weights shaken so logits are far from uniform."""
-    model, tokenizer = models.init_policy(tiny_preset, texts, tmp_path_factory.mktemp("init"))
+    model, tokenizer = models.init_policy(tiny_preset.model, texts, tmp_path_factory.mktemp("init"))
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(1)
         for p in model.parameters():
@@ -106,7 +109,7 @@ def test_a_gpt2_like_folder_without_pad_gets_one_and_the_embeddings_grow(texts, 
     assert no_pad.pad_token is None
     from transformers import GPT2LMHeadModel
 
-    GPT2LMHeadModel(models.gpt2_config(tiny_preset, len(no_pad), 0, 0)).save_pretrained(tmp_path)
+    GPT2LMHeadModel(models.gpt2_config(tiny_preset.model, len(no_pad), 0, 0)).save_pretrained(tmp_path)
     no_pad.save_pretrained(tmp_path)
     model, tok = models.load_pretrained(tmp_path)
     assert tok.pad_token == models.PAD_TOKEN and tok.pad_token_id == len(no_pad) != tok.eos_token_id
@@ -129,7 +132,7 @@ def test_every_preset_config_builds_and_ci_has_1_to_2_m_params():
 
     counts = {}
     for name, preset in PRESETS.items():
-        config = models.gpt2_config(preset, preset.vocab_size, pad_token_id=1, eos_token_id=0)
+        config = models.gpt2_config(preset.model, preset.model.vocab_size, pad_token_id=1, eos_token_id=0)
         with torch.device("meta"):  # shapes only: no memory, no time
             counts[name] = sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
     assert 1e6 <= counts["ci"] <= 2e6
@@ -138,8 +141,10 @@ def test_every_preset_config_builds_and_ci_has_1_to_2_m_params():
 
 
 def test_config_rejects_heads_that_do_not_divide_width(tiny_preset):
+    with pytest.raises(ValueError, match=r"n_embd \(128\) must be a multiple of n_head \(3\)"):
+        get_preset("ci", {"model.n_head": 3}, verbose=False)
     with pytest.raises(ValueError, match="n_head"):
-        models.gpt2_config(get_preset("ci", verbose=False, n_head=3), 300, 1, 0)
+        dataclasses.replace(tiny_preset.model, n_head=3)
 
 
 def test_tiny_model_carries_pad_and_eos(tiny):
@@ -159,16 +164,20 @@ def test_saved_and_reloaded_model_gives_identical_logits(tiny, tmp_path):
 
 def test_random_init_gpt2_preset_builds_offline(monkeypatch, texts, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    preset = get_preset("gpt2", verbose=False, random_init=True, device="cpu", n_layer=1, n_head=2, n_embd=32,
-                        vocab_size=300)  # gpt2's own shapes are pinned above; these keep the test fast
-    model, tok = models.init_policy(preset, texts, tmp_path)
+    preset = get_preset("gpt2", {"model.random_init": True, "model.device": "cpu", "model.n_layer": 1,
+                                 "model.n_head": 2, "model.n_embd": 32, "model.vocab_size": 300},
+                        verbose=False)  # gpt2's own shapes are pinned above; these keep the test fast
+    model, tok = models.init_policy(preset.model, texts, tmp_path)
     assert model.config.n_positions == 1024 and model.config.vocab_size == len(tok) == 300
     assert (tmp_path / "config.json").exists()
 
 
 def test_tiny_without_random_init_is_refused(texts, tmp_path):
+    with pytest.raises(ValueError, match="random_init"):  # the config refuses it, before any init_policy
+        models.init_policy(dataclasses.replace(get_preset("ci", verbose=False).model, random_init=False), texts,
+                           tmp_path)
     with pytest.raises(ValueError, match="random_init"):
-        models.init_policy(get_preset("ci", verbose=False, random_init=False), texts, tmp_path)
+        get_preset("ci", {"model.random_init": False}, verbose=False)
 
 
 def test_offline_gpt2_fails_fast_naming_the_cpu_preset(monkeypatch, tmp_path):
@@ -204,18 +213,130 @@ def test_position_ids_count_real_tokens_only():
     assert models.position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
 
 
-# --- sequence log-probabilities ---------------------------------------------------------------------------
+# --- response log-probabilities ---------------------------------------------------------------------------
+
+T = 0.7  # a temperature ≠ 1, so that dividing the logits by T is checked
 
 
-def test_sequence_logps_equals_a_hand_loop_over_tokens(tiny):
+def _batch(tok, prompts, responses, padding: str = "encode_pairs", append_eos: bool = False) -> dict:
+    """A batch in one of three layouts: ``encode_pairs``' [pads, prompt | response, pads], all pads on the
+    left (pads, prompt, response), or all pads on the right (prompt, response, pads: TRL's)."""
+    if padding == "encode_pairs":
+        return models.encode_pairs(tok, prompts, responses, append_eos=append_eos)
+    eos = [tok.eos_token_id] if append_eos else []
+    rows = [(tok(p)["input_ids"], tok(r)["input_ids"] + eos) for p, r in zip(prompts, responses)]
+    width = max(len(p) + len(r) for p, r in rows)
+    ids, attention, response = (torch.zeros(len(rows), width, dtype=torch.long) for _ in range(3))
+    ids.fill_(tok.pad_token_id)
+    for i, (p, r) in enumerate(rows):
+        start = width - len(p) - len(r) if padding == "left" else 0
+        ids[i, start : start + len(p) + len(r)] = torch.tensor(p + r)
+        attention[i, start : start + len(p) + len(r)] = 1
+        response[i, start + len(p) : start + len(p) + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
+
+
+def _unpadded_logits(model, batch) -> torch.Tensor:
+    """Oracle: (B, L − 1, V) float64 logits, each row's real tokens run alone (no padding, default positions),
+    put back in the batch's columns; column t holds the logits that predict token t + 1."""
+    ids, attention = batch["input_ids"], batch["attention_mask"].bool()
+    out = torch.zeros(*ids.shape, model.config.vocab_size, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(len(ids)):
+            out[i, attention[i]] = model(input_ids=ids[i][attention[i]][None]).logits[0].double()
+    return out[:, :-1]
+
+
+@pytest.mark.parametrize("padding", ["encode_pairs", "left", "right"])
+def test_sequence_logps_equals_a_hand_loop_over_tokens(tiny, padding):
     model, tok = tiny
-    batch = models.encode_pairs(tok, PROMPTS, RESPONSES)
-    got = models.sequence_logps(model, **batch)
+    batch = _batch(tok, PROMPTS, RESPONSES, padding)
+    attention = batch["attention_mask"]
+    if padding == "left":
+        assert (attention[:, -1] == 1).all() and (attention[:, 0] == 0).any()
+    if padding == "right":
+        assert (attention[:, 0] == 1).all() and (attention[:, -1] == 0).any()
+    got = models.response_logps(model, batch).sequence_logps
     assert got.dtype == torch.float32 and got.shape == (len(PROMPTS),)
     for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         p_ids, r_ids = tok(prompt)["input_ids"], tok(response)["input_ids"]
         assert int(batch["response_mask"][i].sum()) == len(r_ids)  # exactly the response's tokens are scored
         assert got[i].item() == pytest.approx(_hand_logp(model, p_ids, r_ids), abs=1e-5)
+
+
+def test_token_logps_are_log_softmax_of_logits_over_t_and_the_mask_is_the_shifted_response(tiny):
+    model, tok = tiny
+    batch = models.encode_pairs(tok, PROMPTS, RESPONSES, append_eos=True)
+    out = models.response_logps(model, batch, temperature=T)
+    width = batch["input_ids"].shape[1]
+    assert out.logps.shape == out.mask.shape == (len(PROMPTS), width - 1)
+    assert out.logps.dtype == torch.float32 and out.mask.dtype == torch.bool
+    assert out.entropy is None and out.values is None and out.dists is None  # only what was asked for
+    assert torch.equal(out.mask, batch["response_mask"][:, 1:].bool())
+    first = int(batch["response_mask"][0].argmax())  # encode_pairs: every response starts in this column
+    for i, response in enumerate(RESPONSES):
+        n = len(tok(response)["input_ids"]) + 1  # EOS included
+        assert out.mask[i].nonzero().flatten().tolist() == list(range(first - 1, first - 1 + n))
+    # Oracle: each row alone, log_softmax(logits / T) at column t gathered at token t + 1
+    logps = torch.log_softmax(_unpadded_logits(model, batch) / T, -1)
+    expected = logps.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    expected = torch.where(out.mask, expected, 0.0)
+    torch.testing.assert_close(out.logps.double(), expected, atol=1e-5, rtol=0)
+    assert (out.logps[~out.mask] == 0).all() and (out.logps[out.mask] < 0).all()
+    at_one = models.response_logps(model, batch).logps  # T = 1: another distribution, so T is really applied
+    assert (at_one - out.logps)[out.mask].abs().max() > 1e-2
+
+
+def test_entropy_is_that_of_softmax_logits_over_t_and_carries_no_gradient(tiny):
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    batch = models.encode_pairs(tok, PROMPTS, RESPONSES, append_eos=True)
+    out = models.response_logps(model, batch, temperature=T, entropy=True)
+    assert out.entropy.shape == out.mask.shape and out.entropy.dtype == torch.float32
+    p = torch.softmax(_unpadded_logits(model, batch) / T, -1)
+    expected = torch.where(out.mask, -(p * p.log()).sum(-1), 0.0)  # H_t = −Σ_v p(v) log p(v)
+    torch.testing.assert_close(out.entropy.double(), expected, atol=1e-5, rtol=0)
+    assert (out.entropy[out.mask] > 0).all() and (out.entropy[~out.mask] == 0).all()
+    assert out.logps.requires_grad and not out.entropy.requires_grad and out.entropy.grad_fn is None
+
+
+def test_value_head_reads_the_hidden_state_at_each_predicting_position(tiny):
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    linear = torch.nn.Linear(model.config.n_embd, 1)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(2)
+        linear.weight.normal_()
+        linear.bias.fill_(0.3)
+    head = torch.nn.Sequential(linear, torch.nn.Flatten(0))  # (N, H) → (N,)
+    batch = models.encode_pairs(tok, PROMPTS, RESPONSES, append_eos=True)
+    out = models.response_logps(model, batch, temperature=T, value_head=head)
+    assert out.values.shape == out.mask.shape and out.values.dtype == torch.float32
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=ids, attention_mask=attention,
+                                  position_ids=models.position_ids_from_mask(attention)).last_hidden_state
+        w, b = linear.weight[0], linear.bias[0]
+        expected = torch.where(out.mask, hidden[:, :-1] @ w + b, 0.0)  # V at t reads tokens ≤ t
+        off_by_one = torch.where(out.mask, hidden[:, 1:] @ w + b, 0.0)  # the hidden state of the token itself
+    torch.testing.assert_close(out.values, expected, atol=1e-5, rtol=0)
+    assert (off_by_one - expected).abs().max() > 1e-2
+    out.values[out.mask].sum().backward()  # the value loss trains the head and the trunk under it
+    assert linear.weight.grad.abs().sum() > 0 and model.transformer.wte.weight.grad.abs().sum() > 0
+
+
+def test_dists_are_the_full_log_distributions_at_the_response_positions(tiny):
+    model, tok = tiny
+    batch = models.encode_pairs(tok, PROMPTS, RESPONSES, append_eos=True)
+    out = models.response_logps(model, batch, temperature=T, dists=True)
+    n = int(out.mask.sum())
+    assert out.dists.shape == (n, len(tok)) and out.dists.dtype == torch.float32
+    torch.testing.assert_close(out.dists.exp().sum(-1), torch.ones(n), atol=1e-5, rtol=0)
+    targets = batch["input_ids"][:, 1:][out.mask]  # the N response tokens, row by row
+    torch.testing.assert_close(out.dists.gather(-1, targets[:, None]).squeeze(-1), out.logps[out.mask],
+                               atol=1e-6, rtol=0)
+    expected = torch.log_softmax(_unpadded_logits(model, batch) / T, -1)[out.mask]  # (N, V), same order
+    torch.testing.assert_close(out.dists.double(), expected, atol=1e-5, rtol=0)
 
 
 def test_boundary_tokens_are_the_responses_own(tiny):
@@ -234,39 +355,43 @@ def test_boundary_tokens_are_the_responses_own(tiny):
         logits = model(input_ids=torch.tensor([p_ids + r_ids])).logits[0]
     expected = torch.log_softmax(logits[len(p_ids) - 1], -1)[r_ids[0]]
     one_token = models.encode_pairs(tok, [prompt], [r_ids[:1]])
-    assert models.sequence_logps(model, **one_token).item() == pytest.approx(expected.item(), abs=1e-5)
+    assert models.response_logps(model, one_token).sequence_logps.item() == pytest.approx(expected.item(), abs=1e-5)
     off_by_one = torch.log_softmax(logits[len(p_ids)], -1)[r_ids[0]]  # the classic mistake, for contrast
     assert abs(off_by_one.item() - expected.item()) > 1e-3
 
 
-def test_sequence_logps_accepts_ids_and_eos(tiny):
+def test_response_logps_accepts_ids_and_eos(tiny):
     model, tok = tiny
     with_eos = models.encode_pairs(tok, ["Bad"], [" film"], append_eos=True)
     p_ids, r_ids = tok("Bad")["input_ids"], tok(" film")["input_ids"] + [tok.eos_token_id]
-    assert models.sequence_logps(model, **with_eos).item() == pytest.approx(_hand_logp(model, p_ids, r_ids), abs=1e-5)
+    got = models.response_logps(model, with_eos).sequence_logps.item()
+    assert got == pytest.approx(_hand_logp(model, p_ids, r_ids), abs=1e-5)
     as_ids = models.encode_pairs(tok, [p_ids], [r_ids])
     assert torch.equal(as_ids["input_ids"], with_eos["input_ids"])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-def test_sequence_logps_are_float32_whatever_the_weights(tiny, dtype):
+def test_response_logps_are_float32_whatever_the_weights(tiny, dtype):
     model, tok = tiny
     batch = models.encode_pairs(tok, PROMPTS, RESPONSES)
-    reference = models.sequence_logps(model, **batch).detach()
-    got = models.sequence_logps(copy.deepcopy(model).to(dtype), **batch).detach()
+    reference = models.response_logps(model, batch).sequence_logps.detach()
+    cast = copy.deepcopy(model).to(dtype)
+    out = models.response_logps(cast, batch, temperature=T, entropy=True, dists=True)
+    assert out.logps.dtype == out.entropy.dtype == out.dists.dtype == torch.float32
+    got = models.response_logps(cast, batch).sequence_logps.detach()
     assert got.dtype == torch.float32
     tolerance = 1e-4 if dtype == torch.float64 else 0.05 * reference.abs().max().item()
     torch.testing.assert_close(got, reference, atol=tolerance, rtol=0)
 
 
-def test_sequence_logps_carries_gradients(tiny):
+def test_response_logps_carry_gradients(tiny):
     model, tok = tiny
     trainable = copy.deepcopy(model)
-    models.sequence_logps(trainable, **models.encode_pairs(tok, PROMPTS, RESPONSES)).sum().backward()
+    models.response_logps(trainable, models.encode_pairs(tok, PROMPTS, RESPONSES)).sequence_logps.sum().backward()
     assert trainable.transformer.wte.weight.grad.abs().sum() > 0
 
 
-def test_sequence_logps_and_encode_pairs_reject_bad_batches(tiny):
+def test_response_logps_and_encode_pairs_reject_bad_batches(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match=r"prompts\[1\]"):
         models.encode_pairs(tok, ["ok", ""], ["a", "b"])
@@ -275,81 +400,13 @@ def test_sequence_logps_and_encode_pairs_reject_bad_batches(tiny):
     batch = models.encode_pairs(tok, ["ok"], ["a b"])
     bad = dict(batch, response_mask=torch.ones_like(batch["response_mask"]))
     with pytest.raises(ValueError, match="column 0"):
-        models.sequence_logps(model, **bad)
+        models.response_logps(model, bad)
     with pytest.raises(ValueError, match="same shape"):
-        models.sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"][:, 1:])
-
-
-# --- sampling ---------------------------------------------------------------------------------------------
-
-
-def test_sampling_probs_divide_logits_by_temperature():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], dtype=torch.bfloat16)
-    for t in (0.5, 1.0, 2.0):
-        expected = torch.softmax(logits.float() / t, -1)
-        torch.testing.assert_close(models.sampling_probs(logits, t), expected)
-    assert models.sampling_probs(logits, 1e-3)[0, 0].item() == pytest.approx(1.0)  # T → 0+: greedy
-    assert models.sampling_probs(logits, 1e3).max().item() == pytest.approx(0.25, abs=1e-3)  # T → ∞: uniform
-    with pytest.raises(ValueError, match="temperature"):
-        models.sampling_probs(logits, 0.0)
-
-
-def test_generate_is_deterministic_for_a_seed(tiny):
-    model, tok = tiny
-    first = models.generate(model, tok, PROMPTS, max_new_tokens=8, seed=3, batch_size=2, return_ids=True)
-    again = models.generate(model, tok, PROMPTS, max_new_tokens=8, seed=3, batch_size=2, return_ids=True)
-    other = models.generate(model, tok, PROMPTS, max_new_tokens=8, seed=4, batch_size=2, return_ids=True)
-    assert first[0] == again[0] and torch.equal(first[1], again[1])
-    assert not torch.equal(first[1], other[1])
-    assert first[1].shape == (len(PROMPTS), 8) and len(first[0]) == len(PROMPTS)
-
-
-def test_low_temperature_approaches_greedy_and_greedy_matches_a_no_cache_loop(tiny):
-    model, tok = tiny
-    greedy = models.generate(model, tok, PROMPTS, max_new_tokens=6, temperature=0, return_ids=True)[1]
-    cold = models.generate(model, tok, PROMPTS, max_new_tokens=6, temperature=1e-4, seed=7, return_ids=True)[1]
-    assert torch.equal(greedy, cold)
-    # Oracle: each prompt alone, no padding, no KV cache, argmax appended one token at a time.
-    for i, prompt in enumerate(PROMPTS):
-        ids = tok(prompt)["input_ids"]
-        with torch.no_grad():
-            for _ in range(6):
-                ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
-                if ids[-1] == tok.eos_token_id:
-                    break
-        produced = greedy[i][: len(ids) - len(tok(prompt)["input_ids"])].tolist()
-        assert produced == ids[len(tok(prompt)["input_ids"]) :]
-
-
-def test_rows_stop_at_eos_and_what_follows_is_masked(tiny):
-    model, tok = tiny
-    model = copy.deepcopy(model)
-    stop_at = torch.tensor([1, 3, 99, 0])  # decoding step at which each row is forced to emit EOS
-    step = {"n": 0}
-
-    def force_eos(module, inputs, logits):  # a logits processor in a hook: row i says EOS at step stop_at[i]
-        logits = logits.clone()
-        logits[stop_at == step["n"], -1, tok.eos_token_id] = 1e4
-        step["n"] += 1
-        return logits
-
-    model.lm_head.register_forward_hook(force_eos)
-    texts, ids, mask = models.generate(model, tok, PROMPTS, max_new_tokens=5, seed=0, return_ids=True)
-    for i, stop in enumerate(stop_at.tolist()):
-        if stop < 5:
-            assert ids[i, stop].item() == tok.eos_token_id
-            assert mask[i, : stop + 1].tolist() == [1] * (stop + 1)  # EOS is part of the response
-            assert (ids[i, stop + 1 :] == tok.pad_token_id).all() and (mask[i, stop + 1 :] == 0).all()
-        else:
-            assert (mask[i] == 1).all() and (ids[i] != tok.eos_token_id).all()
-        assert texts[i] == tok.decode(ids[i, mask[i].bool()], skip_special_tokens=True)
-        assert models.EOS_TOKEN not in texts[i] and models.PAD_TOKEN not in texts[i]
-    assert texts[3] == ""
-
-
-def test_generate_rejects_prompts_longer_than_the_model_reads(tiny):
-    model, tok = tiny
-    with pytest.raises(ValueError, match="n_positions"):
-        models.generate(model, tok, ["word " * 40], max_new_tokens=40)
-    with pytest.raises(ValueError, match="temperature"):
-        models.generate(model, tok, ["ok"], max_new_tokens=2, temperature=-1.0)
+        models.response_logps(model, dict(batch, response_mask=batch["response_mask"][:, 1:]))
+    hidden = dict(batch, attention_mask=batch["attention_mask"].clone())
+    hidden["attention_mask"][0, -1] = 0  # the last response token is a pad, yet scored
+    with pytest.raises(ValueError, match="attention_mask hides"):
+        models.response_logps(model, hidden)
+    for temperature in (0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature"):
+            models.response_logps(model, batch, temperature=temperature)
