@@ -187,26 +187,34 @@ def _typed(name: str, annotation: str, value):
 
 
 def override(preset: Preset, overrides: dict) -> Preset:
-    """``preset`` with each dotted field of ``overrides`` replaced, its config validated again."""
-    known = field_names()
+    """``preset`` with each dotted field of ``overrides`` replaced; each config changed is validated
+    once with all its new fields (``pairs.prompts`` and ``pairs.eval_prompts`` may move together)."""
+    known, sections = field_names(), {}
     for name, value in overrides.items():
         if name not in known:
-            set_by = SET_BY_THE_NOTEBOOK.get(name, SET_BY_THE_NOTEBOOK["seed"] if name.endswith(".seed") else "")
-            close = difflib.get_close_matches(name, known, n=3)
-            hint = (f"it is set by {set_by}" if set_by else f"it is now '{RENAMED[name]}'" if name in RENAMED
-                    else f"did you mean {' or '.join(close)}?" if close
-                    else "fields are dotted, such as dpo.beta (all: dpo_edu.presets.field_names())")
-            raise ValueError(f"preset field '{name}' cannot be set: {hint}")
+            raise ValueError(f"preset field '{name}' cannot be set: {_why_unknown(name, known)}")
         section, field = name.split(".")
-        config = getattr(preset, section)
-        annotation = {f.name: f.type for f in dataclasses.fields(config)}[field]
-        value = _typed(name, annotation, value)
+        annotation = {f.name: f.type for f in dataclasses.fields(getattr(preset, section))}[field]
+        sections.setdefault(section, {})[field] = _typed(name, annotation, value)
+    for section, fields in sections.items():
         try:
-            config = dataclasses.replace(config, **{field: value})
-        except ValueError as error:  # the config's own check: say which preset field it was
-            raise ValueError(f"preset field '{name}': {error}") from None
+            config = dataclasses.replace(getattr(preset, section), **fields)
+        except ValueError as error:  # the config's own check: say which preset fields it was
+            names = ", ".join(f"'{section}.{field}'" for field in fields)
+            raise ValueError(f"preset field {names}: {error}") from None
         preset = dataclasses.replace(preset, **{section: config})
     return preset
+
+
+def _why_unknown(name: str, known: list[str]) -> str:
+    if name in SET_BY_THE_NOTEBOOK or name.endswith(".seed"):
+        return f"it is set by {SET_BY_THE_NOTEBOOK.get(name, SET_BY_THE_NOTEBOOK['seed'])}"
+    if name in RENAMED:
+        return f"it is now '{RENAMED[name]}'"
+    close = difflib.get_close_matches(name, known, n=3)
+    if close:
+        return f"did you mean {' or '.join(close)}?"
+    return "fields are dotted, such as dpo.beta (all: dpo_edu.presets.field_names())"
 
 
 def choose_auto() -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """The dpo-edu command line (``run`` itself is exercised by test_notebooks.py)."""
 
 import ast
+import re
 
 import pytest
 from papermill.translators import PythonTranslator
@@ -34,29 +35,76 @@ def test_run_rejects_an_unknown_preset(capsys):
     assert "invalid choice: 'huge'" in capsys.readouterr().err
 
 
-def test_set_parses_literals_and_bare_words():
-    assignments = ["ppo_steps=8", "random_init=True", "reward_classifier=tfidf", "dpo_beta_sweep=(0.1,)"]
+def test_set_parses_dotted_names_literals_and_bare_words():
+    assignments = ["ppo.steps=8", "model.random_init=True", "ground_truth.classifier=tfidf",
+                   "frontier.dpo_betas=(0.1,)", "dpo.loss_type=ipo", "ppo.target_kl=None", "dpo.beta=0.5"]
     overrides = cli.preset_overrides(assignments)
-    assert overrides == {"ppo_steps": 8, "random_init": True, "reward_classifier": "tfidf", "dpo_beta_sweep": [0.1]}
+    assert overrides == {"ppo.steps": 8, "model.random_init": True, "ground_truth.classifier": "tfidf",
+                         "frontier.dpo_betas": [0.1], "dpo.loss_type": "ipo", "ppo.target_kl": None,
+                         "dpo.beta": 0.5}
+    preset = get_preset("ci", overrides, verbose=False)
+    assert (preset.ppo.steps, preset.model.random_init, preset.ground_truth.classifier) == (8, True, "tfidf")
+    assert (preset.frontier.dpo_betas, preset.dpo.loss_type, preset.ppo.target_kl, preset.dpo.beta) == (
+        (0.1,), "ipo", None, 0.5)
 
 
 def test_a_sweep_survives_papermill_into_the_preset():
-    overrides = cli.preset_overrides(["dpo_beta_sweep=(0.1, 0.5)", "ppo_target_sweep=[6]"])
+    overrides = cli.preset_overrides(["frontier.dpo_betas=(0.1, 0.5)", "frontier.ppo_targets=[6]"])
     cell = PythonTranslator.translate(overrides)  # what papermill writes into the parameters cell
-    preset = get_preset("ci", verbose=False, **ast.literal_eval(cell))
-    assert preset.dpo_beta_sweep == (0.1, 0.5) and preset.ppo_target_sweep == (6,)
+    preset = get_preset("ci", ast.literal_eval(cell), verbose=False)
+    assert preset.frontier.dpo_betas == (0.1, 0.5) and preset.frontier.ppo_targets == (6,)
 
 
-@pytest.mark.parametrize("bad", ["ppo_step=8", "ppo_steps"])
-def test_set_names_the_bad_assignment_and_the_fields(bad):
-    with pytest.raises(SystemExit, match=rf"--set '{bad}': expected FIELD=VALUE.*ppo_steps"):
+@pytest.mark.parametrize("bad", ["ppo.steps", "dpo.beta 0.5"])
+def test_set_names_the_bad_assignment_and_the_form(bad):
+    with pytest.raises(SystemExit, match=rf"--set '{bad}': expected SECTION.FIELD=VALUE, such as ppo.steps=8"):
         cli.preset_overrides([bad])
+
+
+@pytest.fixture
+def no_notebook_runs(monkeypatch):
+    """papermill fails the test if run_course gets as far as executing a notebook."""
+    import papermill
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a notebook was executed although the overrides were bad")
+
+    monkeypatch.setattr(papermill, "execute_notebook", refuse)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"ppo_steps": 8}, "preset field 'ppo_steps' cannot be set: it is now 'ppo.steps'"),
+    ({"ppo.step": 8}, "preset field 'ppo.step' cannot be set: did you mean ppo.steps"),
+    ({"ppo.steps": -3}, "preset field 'ppo.steps': steps must be an int ≥ 1, got -3"),
+    ({"ppo.steps": "abc"}, "preset field 'ppo.steps' takes int | None, got 'abc'"),
+    ({"toy.steps": 2, "dpo.loss_type": "kto"}, "preset field 'dpo.loss_type': loss_type must be one of"),
+    ({"seed": 1}, "preset field 'seed' cannot be set: it is set by the notebook's SEED"),
+])
+def test_run_course_rejects_a_bad_override_before_any_notebook(tmp_path, no_notebook_runs, overrides, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=re.escape(f"--set: {message}")):
+        cli.run_course("ci", out, ["02"], overrides=overrides)
+    assert not out.exists()  # nothing written either
+
+
+def test_good_overrides_reach_the_notebook_run(tmp_path, no_notebook_runs):
+    """The guard above is live: valid dotted overrides get as far as executing the notebook."""
+    with pytest.raises(AssertionError, match="a notebook was executed"):
+        cli.run_course("ci", tmp_path / "run", ["02"], overrides={"toy.steps": 2, "dpo.loss_type": "ipo"})
+
+
+def test_run_command_rejects_an_old_flat_name_before_any_notebook(tmp_path, no_notebook_runs):
+    with pytest.raises(SystemExit, match=re.escape("--set: preset field 'dpo_beta_sweep' cannot be set: "
+                                                   "it is now 'frontier.dpo_betas'")):
+        cli.main(["run", "--preset", "ci", "--out", str(tmp_path / "run"), "--set", "dpo_beta_sweep=(0.1, 0.5)",
+                  "02"])
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.notebook
 def test_run_passes_overrides_into_the_notebook(tmp_path):
     """Two steps of gradient ascent instead of the preset's hundreds: far from π*, as the notebook records."""
-    summary = cli.run_course("ci", tmp_path, ["02"], overrides={"toy_steps": 2})
-    assert summary["overrides"] == {"toy_steps": 2}
+    summary = cli.run_course("ci", tmp_path, ["02"], overrides={"toy.steps": 2})
+    assert summary["overrides"] == {"toy.steps": 2}
     records = summary["notebooks"]["02_optimal_policy"]["records"]
     assert records["ascent_max_abs_error"] > 1e-2  # the ci preset's own steps reach ~5e-6

@@ -1,7 +1,9 @@
-"""dpo_edu.preferences: k samples per prefix → every pair labelled by the reward, cached in the run folder."""
+"""dpo_edu.preferences: k samples per prefix → every pair labelled by the reward; and the run folder's
+``samples/`` and ``pairs/`` stages that keep them (pipeline.preference_pairs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -10,16 +12,27 @@ from collections import Counter
 import pytest
 import torch
 
-from dpo_edu import data, models, preferences
-from dpo_edu.preferences import build_preference_data, label_pairs, sample_completions, split_by_prompt
+from dpo_edu import data, models, pipeline, preferences
+from dpo_edu.preferences import label_pairs, make_preference_data, sample_completions, split_by_prompt
 from dpo_edu.presets import PRESETS, get_preset
+from dpo_edu.sampling import Generation
+from dpo_edu.stages import Stage
 
 PROMPTS = ["The film", "I watched this", "Bad", "One of the best", "What a", "This movie was"]
+# a tiny run: a 2-layer GPT-2, 6 training-review prefixes (2 held out) × 4 completions of 6 tokens
+TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 64, "model.vocab_size": 300,
+        "data.reviews": 100, "generation.max_new_tokens": 6, "pairs.prompts": 6, "pairs.eval_prompts": 2,
+        "pairs.batch_size": 8}
 
 
 def hash_reward(texts):
     """A continuous fake reward in [0, 1): distinct texts practically never tie."""
     return torch.tensor([int(hashlib.sha256(t.encode()).hexdigest()[:12], 16) / 16**12 for t in texts])
+
+
+def salted_reward(texts):
+    """Another continuous fake reward, unrelated to ``hash_reward``."""
+    return hash_reward(["salt:" + t for t in texts])
 
 
 def count_e(texts):
@@ -40,17 +53,50 @@ def one_thread():
 def tiny(one_thread):
     """``(policy, tokenizer)``: a 2-layer GPT-2 with a 300-token BPE trained on 200 short reviews (~1 s)."""
     texts = [r.text[:300] for r in data.load_imdb(n=200, verbose=False)]
-    preset = get_preset("ci", verbose=False, n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=300)
-    tokenizer = models.train_tokenizer(texts, preset.vocab_size, model_max_length=preset.n_positions)
-    return models.build_model(preset, tokenizer, seed=0).eval(), tokenizer
+    model = get_preset("ci", TINY, verbose=False).model
+    tokenizer = models.train_tokenizer(texts, model.vocab_size, model_max_length=model.n_positions)
+    return models.build_model(model, tokenizer, seed=0).eval(), tokenizer
 
 
-SETTINGS = dict(k=4, max_new_tokens=6, temperature=1.0, seed=0, batch_size=8, verbose=False)
+GENERATION = Generation(max_new_tokens=6, temperature=1.0)
 
 
-def _build(tiny, reward=hash_reward, **overrides):
+def _build(tiny, reward=hash_reward, prompts=PROMPTS, seed=0):
+    """Sample 4 completions per prompt and label every pair, without a run folder."""
     policy, tokenizer = tiny
-    return build_preference_data(policy, tokenizer, PROMPTS, reward, **{**SETTINGS, **overrides})
+    completions = sample_completions(policy, tokenizer, prompts, 4, GENERATION, seed=seed, batch_size=8)
+    return make_preference_data(prompts, completions, reward)
+
+
+def reference(tiny, run_dir, policy=None, seed=0) -> pipeline.Reference:
+    """π_ref of a tiny run folder, made by hand: the policy saved in ``sft/``, its stage's settings."""
+    tiny_policy, tokenizer = tiny
+    policy = policy if policy is not None else tiny_policy
+    folder = models.save_policy(policy, tokenizer, run_dir / "sft")
+    settings = {"model": dataclasses.asdict(get_preset("ci", TINY, verbose=False).model), "seed": seed}
+    return pipeline.Reference(policy, tokenizer, [], Stage(folder, settings))
+
+
+def preference_pairs(tiny, run_dir, overrides=None, reward=hash_reward, seed=0, ref=None) -> pipeline.Pairs:
+    preset = get_preset("ci", {**TINY, **(overrides or {})}, verbose=False)
+    ref = ref if ref is not None else reference(tiny, run_dir)
+    return pipeline.preference_pairs(preset, run_dir, ref, reward, seed=seed)
+
+
+def count_sampling(monkeypatch) -> list[int]:
+    """The rows of each call of ``generate`` by preferences.sample_completions, appended to a list."""
+    calls, generate = [], preferences.generate
+
+    def counting(model, tokenizer, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return generate(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(preferences, "generate", counting)
+    return calls
+
+
+def key(pair: dict) -> str:
+    return json.dumps(pair, sort_keys=True)
 
 
 # --- sampling and labelling ----------------------------------------------------------------------------
@@ -58,31 +104,38 @@ def _build(tiny, reward=hash_reward, **overrides):
 
 def test_sample_completions_gives_k_per_prompt_and_a_seed_fixes_them(tiny):
     policy, tok = tiny
-    first = sample_completions(policy, tok, PROMPTS, k=4, max_new_tokens=5, seed=1, batch_size=8)
-    again = sample_completions(policy, tok, PROMPTS, k=4, max_new_tokens=5, seed=1, batch_size=8)
-    other = sample_completions(policy, tok, PROMPTS, k=4, max_new_tokens=5, seed=2, batch_size=8)
+    generation = Generation(max_new_tokens=5)
+    first = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=1, batch_size=8)
+    again = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=1, batch_size=8)
+    other = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=2, batch_size=8)
     assert len(first) == len(PROMPTS) and all(len(group) == 4 for group in first)
     assert all(isinstance(c, str) for group in first for c in group)
     assert first == again and first != other
     assert all(len(set(group)) > 1 for group in first)  # the k copies are independent samples, not one
 
 
-def test_four_completions_give_six_pairs_per_prompt_each_pair_once(tiny, tmp_path):
-    pairs, summary = _build(tiny, run_dir=tmp_path)
-    samples = data.load_jsonl(tmp_path / "pairs" / "samples.jsonl")
+def test_four_completions_give_six_pairs_per_prompt_each_pair_once(tiny):
+    pairs, scored, summary = _build(tiny)
     assert summary.skipped == {} and summary.n_candidate_pairs == 6 * len(PROMPTS) == summary.n_pairs
+    assert (summary.n_prompts, summary.k) == (len(PROMPTS), 4)
     assert Counter(p["prompt_id"] for p in pairs) == {i: 6 for i in range(len(PROMPTS))}
+    assert [row["prompt"] for row in scored] == PROMPTS and [row["prompt_id"] for row in scored] == [0, 1, 2, 3, 4, 5]
     for i, prompt in enumerate(PROMPTS):
         rows = [p for p in pairs if p["prompt_id"] == i]
         assert all(p["prompt"] == prompt for p in rows)
         unordered = [frozenset((p["chosen"], p["rejected"])) for p in rows]
-        expected = {frozenset(c) for c in itertools.combinations(samples[i]["completions"], 2)}
+        expected = {frozenset(c) for c in itertools.combinations(scored[i]["completions"], 2)}
         assert len(set(unordered)) == 6 and set(unordered) == expected  # every pair, each once
+        assert scored[i]["rewards"] == hash_reward([prompt + c for c in scored[i]["completions"]]).tolist()
     for p in pairs:
         assert p["chosen_reward"] > p["rejected_reward"]
         # the reward scored prompt ⊕ completion, and the record carries exactly that score
         assert p["chosen_reward"] == hash_reward([p["prompt"] + p["chosen"]]).item()
         assert p["rejected_reward"] == hash_reward([p["prompt"] + p["rejected"]]).item()
+    flat = torch.tensor([r for row in scored for r in row["rewards"]], dtype=torch.float64)
+    assert summary.mean_reward == pytest.approx(flat.mean().item()) and summary.std_reward == pytest.approx(
+        flat.std().item())
+    assert summary.mean_margin == pytest.approx(sum(p["chosen_reward"] - p["rejected_reward"] for p in pairs) / 36)
     assert summary.mean_margin > 0 and 0 < summary.mean_reward < 1
 
 
@@ -147,75 +200,138 @@ def test_bad_arguments_name_the_argument(tiny):
         label_pairs(["a"], [["x", "y"]], "tfidf")
 
 
-# --- the cache -----------------------------------------------------------------------------------------
+# --- the run folder's samples/ and pairs/ stages ---------------------------------------------------------------
 
 
-def _no_sampling(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("generate was called although the cache should have answered")
-
-    monkeypatch.setattr(models, "generate", refuse)
-
-
-def test_cache_hit_reads_the_files_and_samples_nothing(tiny, tmp_path, monkeypatch):
-    pairs, summary = _build(tiny, run_dir=tmp_path)
-    folder = tmp_path / "pairs"
-    assert {f.name for f in folder.iterdir()} == {"pairs.jsonl", "samples.jsonl", "summary.json", "settings.json"}
-    assert data.load_jsonl(folder / "pairs.jsonl") == pairs  # round trip, rewards exact
-    settings = json.loads((folder / "settings.json").read_text())
-    assert {"seed", "k", "max_new_tokens", "temperature", "n_prompts", "policy", "prompts"} <= set(settings["sampling"])
-    assert settings["sampling"]["k"] == 4 and settings["sampling"]["n_prompts"] == len(PROMPTS)
-    assert summary.source == "generated" and summary.reason == "no cache"
-    _no_sampling(monkeypatch)
-    again, cached = _build(tiny, run_dir=tmp_path)
-    assert again == pairs and cached.source == "cache" and "same settings" in cached.reason
-    assert (cached.n_pairs, cached.mean_reward, cached.seconds) == (summary.n_pairs, summary.mean_reward,
-                                                                    summary.seconds)
-    with pytest.raises(AssertionError, match="generate was called"):
-        _build(tiny, run_dir=tmp_path, refresh=True)
-
-
-@pytest.mark.parametrize("change, said", [(dict(seed=1), "seed 0 → 1"), (dict(temperature=0.7), "temperature"),
-                                          (dict(max_new_tokens=5), "max_new_tokens 6 → 5"), (dict(k=3), "k 4 → 3")])
-def test_a_changed_setting_regenerates_and_says_which(tiny, tmp_path, change, said):
-    first, _ = _build(tiny, run_dir=tmp_path)
-    second, summary = _build(tiny, run_dir=tmp_path, **change)
-    assert summary.source == "generated" and said in summary.reason and second != first
-    settings = json.loads((tmp_path / "pairs" / "settings.json").read_text())
-    key, value = next(iter(change.items()))
-    assert settings["sampling"][key] == value  # the files now hold the new run
-
-
-def test_new_weights_or_prompts_regenerate(tiny, tmp_path):
-    policy, tok = tiny
-    _build(tiny, run_dir=tmp_path)
-    changed = build_preference_data(policy, tok, PROMPTS[:-1], hash_reward, run_dir=tmp_path, **SETTINGS)[1]
-    assert "n_prompts 6 → 5" in changed.reason and "prompts '" in changed.reason
-    trained = models.build_model(get_preset("ci", verbose=False, n_layer=2, n_head=2, n_embd=32, n_positions=64,
-                                            vocab_size=300), tok, seed=1)  # other weights, same shapes
-    summary = build_preference_data(trained, tok, PROMPTS[:-1], hash_reward, run_dir=tmp_path, **SETTINGS)[1]
-    assert summary.source == "generated" and summary.reason.startswith("policy ")
+def test_finished_stages_are_read_back_and_sample_nothing(tiny, tmp_path, monkeypatch, capsys):
+    calls = count_sampling(monkeypatch)
+    first = preference_pairs(tiny, tmp_path)
+    assert calls == [6 * 4]  # the 6 prefixes × 4 completions, sampled once
+    out = capsys.readouterr().out
+    assert "π_ref's samples: new; building" in out and "preference pairs: new; building" in out
+    samples, labelled = tmp_path / "samples", tmp_path / "pairs"
+    assert {f.name for f in samples.iterdir()} == {"samples.jsonl", "settings.json"}
+    assert {f.name for f in labelled.iterdir()} == {"pairs.jsonl", "scored.jsonl", "summary.json", "settings.json"}
+    sampling = json.loads((samples / "settings.json").read_text())
+    ref_settings = reference(tiny, tmp_path).stage.settings
+    assert sampling == {"sft": ref_settings, "prompts": sampling["prompts"], "seed": 0, "completions": 4,
+                        "batch_size": 8, "generation": {"max_new_tokens": 6, "temperature": 1.0}}
+    assert json.loads((labelled / "settings.json").read_text()) == {
+        "samples": sampling, "reward": preferences.reward_fingerprint(hash_reward), "eval_prompts": 2}
+    assert first.stage == Stage(labelled, json.loads((labelled / "settings.json").read_text()))
+    # the stages hold exactly what sample_completions and make_preference_data give
+    rows = data.load_jsonl(samples / "samples.jsonl")
+    prompts = [row["prompt"] for row in rows]
+    policy, tokenizer = tiny
+    preset = get_preset("ci", TINY, verbose=False)
+    completions = sample_completions(policy, tokenizer, prompts, 4, preset.generation, seed=0, batch_size=8)
+    assert len(prompts) == 6 and [row["completions"] for row in rows] == completions
+    pairs, scored, summary = make_preference_data(prompts, completions, hash_reward)
+    assert data.load_jsonl(labelled / "pairs.jsonl") == pairs  # round trip, rewards exact
+    assert first.scored == scored and first.summary == summary
+    assert sorted(map(key, first.train + first.eval)) == sorted(map(key, pairs))
+    assert len({p["prompt"] for p in first.eval}) == 2 and len({p["prompt"] for p in first.train}) == 4
+    assert not {p["prompt"] for p in first.train} & {p["prompt"] for p in first.eval}
+    calls.clear()
+    again = preference_pairs(tiny, tmp_path)
+    assert calls == []  # nothing sampled
+    out = capsys.readouterr().out
+    assert "π_ref's samples: reusing" in out and "preference pairs: reusing" in out
+    assert again[:4] == first[:4] and again.stage == first.stage
+    (samples / "settings.json").unlink()  # no settings: an unfinished stage, sampled again
+    third = preference_pairs(tiny, tmp_path)
+    assert calls == [6 * 4] and third[:4] == first[:4]
+    assert "preference pairs: reusing" in capsys.readouterr().out  # the same samples: the labels stand
 
 
-def test_a_new_reward_relabels_the_saved_samples_without_sampling(tiny, tmp_path, monkeypatch):
-    pairs, _ = _build(tiny, run_dir=tmp_path)
-    _no_sampling(monkeypatch)
-    relabelled, summary = _build(tiny, reward=count_e, run_dir=tmp_path)
-    assert summary.source == "relabelled" and "reward_scores" in summary.reason
-    completions = {frozenset((p["chosen"], p["rejected"])) for p in pairs}
-    assert {frozenset((p["chosen"], p["rejected"])) for p in relabelled} <= completions  # same samples
-    assert all(p["chosen_reward"] == (p["prompt"] + p["chosen"]).count("e") for p in relabelled)
-    assert _build(tiny, reward=count_e, run_dir=tmp_path)[1].source == "cache"
+@pytest.mark.parametrize("change, said", [
+    (dict(seed=1), "prompts, seed"),  # another seed splits the reviews another way: other prefixes too
+    (dict(overrides={"generation.temperature": 0.7}), "generation.temperature"),
+    (dict(overrides={"generation.max_new_tokens": 5}), "generation.max_new_tokens"),
+    (dict(overrides={"pairs.completions": 3}), "completions"),
+    (dict(overrides={"pairs.batch_size": 4}), "batch_size"),
+])
+def test_a_changed_setting_samples_again_and_says_which(tiny, tmp_path, monkeypatch, capsys, change, said):
+    first = preference_pairs(tiny, tmp_path)
+    calls = count_sampling(monkeypatch)
+    capsys.readouterr()
+    second = preference_pairs(tiny, tmp_path, **change)
+    assert len(calls) == 1
+    out = capsys.readouterr().out
+    assert f"π_ref's samples: settings changed ({said}); building" in out
+    dotted = ", ".join(f"samples.{name}" for name in said.split(", "))
+    assert f"preference pairs: settings changed ({dotted}); building" in out
+    assert second.scored != first.scored
+    sampling = json.loads((tmp_path / "samples" / "settings.json").read_text())  # the files hold the new run
+    assert json.loads((tmp_path / "pairs" / "settings.json").read_text())["samples"] == sampling
+    preset = get_preset("ci", {**TINY, **change.get("overrides", {})}, verbose=False)
+    assert (sampling["seed"], sampling["completions"], sampling["batch_size"], sampling["generation"]) == (
+        change.get("seed", 0), preset.pairs.completions, preset.pairs.batch_size,
+        dataclasses.asdict(preset.generation))
+    assert second.summary.k == preset.pairs.completions
+    assert all(len(row["completions"]) == preset.pairs.completions for row in second.scored)
+
+
+def test_new_prompts_or_a_new_reference_sample_again(tiny, tmp_path, monkeypatch, capsys):
+    first = preference_pairs(tiny, tmp_path)
+    calls = count_sampling(monkeypatch)
+    capsys.readouterr()
+    fewer = preference_pairs(tiny, tmp_path, {"pairs.prompts": 5})
+    assert "π_ref's samples: settings changed (prompts); building" in capsys.readouterr().out
+    assert calls == [5 * 4] and fewer.summary.n_prompts == 5
+    assert [row["prompt"] for row in fewer.scored] == [row["prompt"] for row in first.scored][:5]
+    _, tokenizer = tiny
+    other = models.build_model(get_preset("ci", TINY, verbose=False).model, tokenizer, seed=1)  # other weights
+    retrained = reference(tiny, tmp_path, policy=other.eval(), seed=1)  # as SFT with another seed leaves it
+    again = preference_pairs(tiny, tmp_path, {"pairs.prompts": 5}, ref=retrained)
+    assert "π_ref's samples: settings changed (sft.seed); building" in capsys.readouterr().out
+    assert calls == [20, 20] and again.scored != fewer.scored
+    assert [row["prompt"] for row in again.scored] == [row["prompt"] for row in fewer.scored]
+
+
+def test_a_new_reward_relabels_the_saved_samples_without_sampling(tiny, tmp_path, monkeypatch, capsys):
+    first = preference_pairs(tiny, tmp_path)
+    samples = (tmp_path / "samples" / "samples.jsonl").read_text()
+    calls = count_sampling(monkeypatch)
+    capsys.readouterr()
+    relabelled = preference_pairs(tiny, tmp_path, reward=salted_reward)
+    out = capsys.readouterr().out
+    assert calls == [] and "π_ref's samples: reusing" in out
+    assert "preference pairs: settings changed (reward); building" in out
+    assert (tmp_path / "samples" / "samples.jsonl").read_text() == samples  # the same samples
+    assert [row["completions"] for row in relabelled.scored] == [row["completions"] for row in first.scored]
+    for row in relabelled.scored:
+        assert row["rewards"] == salted_reward([row["prompt"] + c for c in row["completions"]]).tolist()
+    assert relabelled.summary.n_pairs == first.summary.n_pairs == 36
+    for p in relabelled.train + relabelled.eval:
+        assert p["chosen_reward"] == salted_reward([p["prompt"] + p["chosen"]]).item() > p["rejected_reward"]
+        assert p["rejected_reward"] == salted_reward([p["prompt"] + p["rejected"]]).item()
+    assert sorted(map(key, relabelled.train + relabelled.eval)) != sorted(map(key, first.train + first.eval))
+    assert json.loads((tmp_path / "pairs" / "settings.json").read_text())["reward"] == (
+        preferences.reward_fingerprint(salted_reward))
+    preference_pairs(tiny, tmp_path, reward=salted_reward)
+    assert calls == [] and "preference pairs: reusing" in capsys.readouterr().out
+
+
+def test_reward_fingerprint_tells_rewards_apart_by_their_scores():
+    assert preferences.reward_fingerprint(hash_reward) == preferences.reward_fingerprint(
+        lambda texts: hash_reward(texts).tolist())  # the same scores, another callable
+    assert preferences.reward_fingerprint(hash_reward) != preferences.reward_fingerprint(count_e)
+    assert preferences.reward_fingerprint(count_e) == preferences.reward_fingerprint(
+        lambda texts: count_e(texts) + 1e-7)  # rounded to 1e-5
+    assert preferences.reward_fingerprint(count_e) != preferences.reward_fingerprint(
+        lambda texts: count_e(texts) + 1e-3)
 
 
 def test_deterministic_for_a_seed_without_a_run_folder(tiny):
-    first, s1 = _build(tiny)
-    again, s2 = _build(tiny)
-    assert first == again and s1.reason == "no run_dir" and s1.mean_reward == s2.mean_reward
+    first, scored, s1 = _build(tiny)
+    again, scored_again, s2 = _build(tiny)
+    assert first == again and scored == scored_again and s1 == s2
+    assert _build(tiny, seed=1)[1] != scored
 
 
 def test_split_by_prompt_keeps_each_prompts_pairs_together(tiny):
-    pairs, _ = _build(tiny)
+    pairs, _, _ = _build(tiny)
     train, held_out = split_by_prompt(pairs, eval_size=2, seed=0)
     assert len(train) + len(held_out) == len(pairs) and len(held_out) == 12
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}
@@ -224,7 +340,8 @@ def test_split_by_prompt_keeps_each_prompts_pairs_together(tiny):
 
 def test_every_preset_names_the_preference_sizes():
     for preset in PRESETS.values():
-        kwargs = preferences.preference_settings(preset)
-        assert kwargs["k"] == 4  # the paper's four completions per prefix
-        assert kwargs["batch_size"] >= 1 and 0 < preset.eval_pair_prompts < preset.pair_prompts
-    assert PRESETS["ci"].pair_prompts <= PRESETS["cpu"].pair_prompts <= PRESETS["gpt2"].pair_prompts
+        assert preset.pairs.completions == 4  # the paper's four completions per prefix
+        assert preset.pairs.batch_size >= 1 and 0 < preset.pairs.eval_prompts < preset.pairs.prompts
+    assert PRESETS["ci"].pairs.prompts <= PRESETS["cpu"].pairs.prompts <= PRESETS["gpt2"].pairs.prompts
+    with pytest.raises(ValueError, match=r"eval_prompts \(6\) must be < prompts \(6\)"):
+        get_preset("ci", {**TINY, "pairs.eval_prompts": 6}, verbose=False)

@@ -1,12 +1,16 @@
-"""dpo_edu.sentiment: the TF-IDF reward trained on IMDb, and the Hub-classifier wrapper
-exercised offline with tiny randomly initialised classifiers saved to a local folder."""
+"""dpo_edu.sentiment: the TF-IDF reward trained on IMDb, its run-folder stage (pipeline.ground_truth_reward),
+and the Hub-classifier wrapper exercised offline with tiny randomly initialised classifiers saved to a local folder."""
+
+import json
 
 import pytest
 import torch
 
+from dpo_edu import pipeline
 from dpo_edu.data import load_imdb
+from dpo_edu.presets import get_preset
 from dpo_edu.sentiment import (
-    SAVE_PATH,
+    SAVE_FILE,
     HubSentiment,
     SentimentReward,
     TfidfSentiment,
@@ -49,9 +53,9 @@ def test_tfidf_probabilities(tfidf, reviews):
 
 
 def test_tfidf_save_load_gives_identical_outputs(tfidf, reviews, tmp_path):
-    path = tfidf.save(tmp_path)
-    assert path == tmp_path / "sentiment" / "tfidf.joblib" == tmp_path / SAVE_PATH
-    loaded = TfidfSentiment.load(tmp_path)
+    path = tfidf.save(tmp_path / "sentiment")
+    assert path == tmp_path / "sentiment" / "tfidf.joblib" == tmp_path / "sentiment" / SAVE_FILE
+    loaded = TfidfSentiment.load(tmp_path / "sentiment")
     texts = [r.text for r in reviews[:50]] + [POSITIVE, NEGATIVE]
     assert torch.equal(loaded(texts), tfidf(texts))
     assert loaded.accuracy == tfidf.accuracy and loaded.info == tfidf.info
@@ -70,22 +74,74 @@ def test_tfidf_checks_its_inputs(tfidf):
         TfidfSentiment.fit(["a", "b"], [0])
 
 
-def test_make_reward_trains_saves_then_loads(reviews, tmp_path, monkeypatch, capsys):
+def test_make_reward_trains_tfidf_on_reviews_or_on_n_reviews(reviews, capsys):
     small = reviews[:600]
-    reward = make_reward("tfidf", run_dir=tmp_path, reviews=small, eval_size=100)
-    assert isinstance(reward, SentimentReward) and (tmp_path / SAVE_PATH).is_file()
+    reward = make_reward("tfidf", reviews=small, eval_size=100)
+    assert isinstance(reward, TfidfSentiment) and isinstance(reward, SentimentReward)
+    assert reward.info["n_train"] == 500 and reward.info["n_eval"] == 100
     assert "held-out accuracy" in capsys.readouterr().out
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("make_reward trained again instead of loading the saved classifier")
-
-    monkeypatch.setattr(TfidfSentiment, "fit", no_training)
-    again = make_reward("tfidf", run_dir=tmp_path, verbose=False)
-    assert torch.equal(again([POSITIVE, NEGATIVE]), reward([POSITIVE, NEGATIVE]))
+    fitted = TfidfSentiment.fit([r.text for r in small], [r.label for r in small], eval_size=100, verbose=False)
+    assert torch.equal(reward([POSITIVE, NEGATIVE]), fitted([POSITIVE, NEGATIVE]))  # the same fit
+    bundled = make_reward("tfidf", n_reviews=600, seed=0, verbose=False)  # the first 600 bundled reviews
+    assert bundled.info["n_train"] == 480 and bundled.info["seed"] == 0
+    same = make_reward("tfidf", reviews=load_imdb(n=600, seed=0, verbose=False), verbose=False)
+    assert torch.equal(bundled([POSITIVE, NEGATIVE]), same([POSITIVE, NEGATIVE]))
     with pytest.raises(ValueError, match="n_reviews"):
         make_reward("tfidf")
     with pytest.raises(ValueError, match="name must be"):
         make_reward("")
+
+
+# --- the ground-truth stage of a run folder ------------------------------------------------------------------
+
+
+def ground_truth(run_dir, reviews=600, seed=0):
+    preset = get_preset("ci", {"ground_truth.reviews": reviews}, verbose=False)
+    return pipeline.ground_truth_reward(preset, run_dir, seed=seed)
+
+
+def refuse_training(monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("the ground-truth classifier was trained again instead of loaded")
+
+    monkeypatch.setattr(TfidfSentiment, "fit", no_training)
+
+
+def test_ground_truth_reward_is_trained_once_then_loaded(tmp_path, monkeypatch, capsys):
+    reward = ground_truth(tmp_path)
+    folder = tmp_path / "sentiment"
+    assert isinstance(reward, TfidfSentiment) and (folder / SAVE_FILE).is_file()
+    assert json.loads((folder / "settings.json").read_text()) == {
+        "ground_truth": {"classifier": "tfidf", "reviews": 600}, "seed": 0}
+    assert reward.info["n_train"] == 480 and reward.info["seed"] == 0
+    assert "ground-truth reward: new; building" in capsys.readouterr().out
+    trained = make_reward("tfidf", n_reviews=600, seed=0, verbose=False)  # what the stage trains
+    assert torch.equal(reward([POSITIVE, NEGATIVE]), trained([POSITIVE, NEGATIVE]))
+    refuse_training(monkeypatch)
+    again = ground_truth(tmp_path)
+    assert "ground-truth reward: reusing" in capsys.readouterr().out
+    texts = [POSITIVE, NEGATIVE, "", "ok"]
+    assert torch.equal(again(texts), reward(texts)) and again.info == reward.info
+    assert again.accuracy == reward.accuracy
+
+
+@pytest.mark.parametrize("change, said", [(dict(reviews=500), "ground_truth.reviews"), (dict(seed=1), "seed")])
+def test_ground_truth_reward_is_retrained_when_its_settings_change(tmp_path, capsys, change, said):
+    """A stale classifier is never reused: another review count or seed trains a new one."""
+    first = ground_truth(tmp_path)
+    capsys.readouterr()
+    second = ground_truth(tmp_path, **change)
+    assert f"ground-truth reward: settings changed ({said}); building" in capsys.readouterr().out
+    expected = make_reward("tfidf", n_reviews=change.get("reviews", 600), seed=change.get("seed", 0), verbose=False)
+    assert second.info["n_train"] == expected.info["n_train"] and second.info["seed"] == expected.info["seed"]
+    texts = [POSITIVE, NEGATIVE, "I have seen better."]
+    assert torch.equal(second(texts), expected(texts)) and not torch.equal(second(texts), first(texts))
+    settings = json.loads((tmp_path / "sentiment" / "settings.json").read_text())
+    assert (settings["ground_truth"]["reviews"], settings["seed"]) == (change.get("reviews", 600),
+                                                                      change.get("seed", 0))
+    # and the first settings again: retrained, not the second classifier
+    back = ground_truth(tmp_path)
+    assert torch.equal(back(texts), first(texts))
 
 
 # --- the Hub wrapper, on tiny local classifiers -----------------------------------------
@@ -185,6 +241,17 @@ def test_hub_wrapper_label_errors_warnings_and_accuracy(tiny_tokenizer, reviews,
     labels = torch.tensor([r.label for r in reviews[:20]])
     expected = ((measured([r.text for r in reviews[:20]]) > 0.5).long() == labels).float().mean().item()
     assert measured.accuracy == pytest.approx(expected)
+
+
+def test_ground_truth_reward_of_a_hub_classifier_is_loaded_not_staged(tiny_tokenizer, tmp_path):
+    folder = save_tiny_classifier(tmp_path / "classifier", "distilbert", {0: "NEGATIVE", 1: "POSITIVE"},
+                                  tiny_tokenizer)
+    preset = get_preset("ci", {"ground_truth.classifier": folder}, verbose=False)
+    reward = pipeline.ground_truth_reward(preset, tmp_path / "run", seed=0)
+    assert isinstance(reward, HubSentiment) and reward.name == folder and reward.positive_index == 1
+    texts = [POSITIVE, NEGATIVE, "short"]
+    assert torch.equal(reward(texts), HubSentiment(folder, device="cpu")(texts))
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing saved in the run folder
 
 
 def test_hub_wrapper_offline_failure_names_tfidf(monkeypatch):

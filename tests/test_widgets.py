@@ -1,7 +1,8 @@
 """Explorers: moving a slider changes the readout and redraws the figure."""
 
-
 from dpo_edu import toy, widgets
+from dpo_edu.pipeline import Trained
+from dpo_edu.stages import Stage
 
 
 def controls_readout(box):
@@ -72,16 +73,20 @@ def test_samples_explorer_lists_completions_and_pairs():
     assert "I &lt;3" in readout.value and "0 ≻ 3" in readout.value  # the prompt is HTML-escaped
 
 
-def test_runs_explorer_follows_the_chosen_run():
+def test_runs_explorer_follows_the_chosen_run(tmp_path):
     def run(reward, kl):
-        sample = {"prompt": "A", "completion": " good", "reward": reward, "kl": kl}
-        return {"metrics": [{"step": 1, "eval/reward": reward, "eval/kl": kl}], "samples": [sample]}
+        sample = {"prompt": "A <b>", "completion": " good", "reward": reward, "kl": kl}
+        metrics = [{"step": 1, "loss": 0.7}, {"step": 2, "eval/reward": reward - 0.1, "eval/kl": kl / 2},
+                   {"step": 3, "eval/reward": reward, "eval/kl": kl}]  # the last evaluation is read
+        return Trained(None, metrics, [sample], {"seconds": 1.0}, Stage(tmp_path / "run", {}))
 
     box = widgets.explore_runs({"DPO β=0.1": run(0.7, 1.5), "PPO KL→2": run(0.6, 2.0)}, reference_reward=0.5)
     (choice,), readout = controls_readout(box)
     assert readout.value.startswith("DPO β=0.1: reward 0.700, KL 1.50")
+    assert "<td>A &lt;b&gt;</td><td> good</td><td>0.700</td><td>1.50</td>" in readout.value
     choice.value = "PPO KL→2"
     assert readout.value.startswith("PPO KL→2: reward 0.600, KL 2.00")
+    assert "<td>0.600</td><td>2.00</td>" in readout.value
 
 
 def test_live_curves_keep_every_run():
