@@ -167,13 +167,15 @@ assert torch.allclose(token_logps(_logits, _ids), _expected, atol=1e-5)
 """ # BEGIN TEST CONFIG
 hidden: true
 """ # END TEST CONFIG
-# equals the library's next-token log-probabilities of the tiny GPT-2 (float64 logits in, float32 out)
+# equals the library's log-probabilities of the tiny GPT-2 (float64 logits in, float32 out)
 _ids, _mask = batch["input_ids"], batch["attention_mask"]
 _logits = policy(input_ids=_ids, attention_mask=_mask, position_ids=models.position_ids_from_mask(_mask)).logits
 _out = token_logps(_logits.double(), _ids)
 assert _out.dtype == torch.float32 and _out.shape == (6, _ids.shape[1] - 1)
-_expected = models.next_token_logps(policy, _ids, _mask).gather(-1, _ids[:, 1:, None]).squeeze(-1)
-assert torch.allclose(_out, _expected, atol=1e-5)
+_library = models.response_logps(policy, batch)  # at the response tokens
+assert torch.allclose(_out[_library.mask], _library.logps[_library.mask], atol=1e-5)
+_expected = torch.log_softmax(_logits[:, :-1].float(), -1).gather(-1, _ids[:, 1:, None]).squeeze(-1)
+assert torch.allclose(_out, _expected, atol=1e-5)  # and at every position
 
 # %% [raw]
 # # END TESTS
