@@ -1,14 +1,8 @@
-"""IMDb reviews, prompts and preference pairs: the data of the paper's sentiment task.
+"""IMDb reviews and prompts, the data of the paper's sentiment task (§6.1), and JSONL round trips.
 
-DPO paper §6.1 ("controlled sentiment generation"): x is a prefix of a movie review from
-the IMDb dataset and the policy must continue it with positive sentiment. As in the paper
-and in TRL's GPT-2 sentiment example, prompts are the first 2–8 tokens of a review. A
-preference pair is a record ``{"prompt", "chosen", "rejected"}`` — TRL's explicit-prompt
-format: ``chosen`` (y_w) and ``rejected`` (y_l) are completions *without* the prompt.
-Extra fields (``chosen_reward``, ``prompt_id``, …) are allowed and travel with the record.
-
-Nothing is dropped silently: a function that skips or shortens rows also returns a
-:class:`Report` of how many and why; print it in a notebook.
+x is a prefix of an IMDb review, the first 2–8 tokens as in the paper and TRL's GPT-2 example; the
+policy continues it. Nothing is dropped silently: a function that skips or shortens rows also returns
+a :class:`Report` of how many and why. Preference records live in ``preferences``.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-PAIR_FIELDS = ("prompt", "chosen", "rejected")
 HUB_DATASET = "stanfordnlp/imdb"
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
@@ -212,7 +205,7 @@ def train_eval_split(items: Sequence[Any], eval_size: int | float, seed: int = 0
     return [items[i] for i in train_idx], [items[i] for i in eval_idx]
 
 
-def _token_ids(tokenizer: Any, text: str) -> list[int]:
+def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Ids without special tokens from a HF tokenizer, a ``tokenizers.Tokenizer`` or any encode()."""
     try:
         out = tokenizer.encode(text, add_special_tokens=False)
@@ -241,7 +234,7 @@ def make_prompts(texts: Iterable[str], tokenizer: Any, min_tokens: int = 2, max_
         k = rng.randint(min_tokens, max_tokens)  # drawn for every text, so one skip shifts nothing
         if not isinstance(text, str):
             raise ValueError(f"texts[{i}] must be a str, got {type(text).__name__}")
-        ids = _token_ids(tokenizer, text)
+        ids = encode_text(tokenizer, text)
         if len(ids) <= min_tokens:
             report.skip(i, f"text has <= min_tokens={min_tokens} tokens, nothing left to continue")
             continue
@@ -254,101 +247,6 @@ def make_prompts(texts: Iterable[str], tokenizer: Any, min_tokens: int = 2, max_
             continue
         prompts.append(prompt)
     return prompts, report
-
-
-def _pair_problem(row: Any, lengths: Callable[[str], int] | None, limit: int | None, unit: str):
-    """(field, why) for the first problem of a preference row, or None when it is fine."""
-    if not isinstance(row, dict):
-        return None, f"is a {type(row).__name__}, not a dict"
-    for name in PAIR_FIELDS:
-        if name not in row:
-            return name, "is missing"
-        if not isinstance(row[name], str):
-            return name, f"must be a str, got {type(row[name]).__name__}"
-        if not row[name].strip():
-            return name, "is empty"
-    if row["chosen"] == row["rejected"]:
-        return "rejected", "equals chosen (a pair must differ)"
-    if lengths is not None:
-        for name in ("chosen", "rejected"):
-            size = lengths(row["prompt"] + row[name])
-            if size > limit:
-                return name, f"prompt + {name} is {size} {unit}, over the limit of {limit}"
-    return None
-
-
-def _length_rule(max_chars, tokenizer, max_tokens):
-    if max_chars is not None and (tokenizer is not None or max_tokens is not None):
-        raise ValueError("give max_chars or tokenizer + max_tokens, not both")
-    if (tokenizer is None) != (max_tokens is None):
-        raise ValueError("tokenizer and max_tokens go together: the limit counts that tokenizer's tokens")
-    if max_chars is not None:
-        return len, max_chars, "characters"
-    if tokenizer is not None:
-        return (lambda s: len(_token_ids(tokenizer, s))), max_tokens, "tokens"
-    return None, None, ""
-
-
-def validate_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer: Any = None,
-                   max_tokens: int | None = None) -> list[dict]:
-    """Check preference records; raise a ValueError naming the first bad row index and field.
-
-    Each row needs non-empty strings ``prompt``, ``chosen`` and ``rejected`` with
-    chosen != rejected; with ``max_chars`` (or ``tokenizer`` + ``max_tokens``), prompt + each
-    response must fit. Returns ``rows`` unchanged so it can wrap a pipeline step.
-    """
-    lengths, limit, unit = _length_rule(max_chars, tokenizer, max_tokens)
-    for i, row in enumerate(rows):
-        problem = _pair_problem(row, lengths, limit, unit)
-        if problem is not None:
-            name, why = problem
-            where = f"row {i}" if name is None else f"row {i}, field {name!r}:"
-            raise ValueError(f"{where} {why}")
-    return list(rows)
-
-
-def filter_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer: Any = None,
-                 max_tokens: int | None = None) -> tuple[list[dict], Report]:
-    """Like :func:`validate_pairs`, but drop bad rows and report each drop's reason."""
-    lengths, limit, unit = _length_rule(max_chars, tokenizer, max_tokens)
-    report = Report("filter_pairs", total=len(rows))
-    kept = []
-    for i, row in enumerate(rows):
-        problem = _pair_problem(row, lengths, limit, unit)
-        if problem is None:
-            kept.append(row)
-        else:
-            name, why = problem
-            report.skip(i, f"row {why}" if name is None else f"{name} {why}")
-    return kept, report
-
-
-def make_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]],
-               scores: Sequence[Sequence[float]]) -> tuple[list[dict], Report]:
-    """Every pair of completions of a prompt, the higher-scored one ``chosen`` (paper §6.1: 4 → 6).
-
-    Records carry ``chosen_reward``, ``rejected_reward`` and ``prompt_id`` (the prompt's
-    index). Pairs with equal scores or identical texts carry no preference: skipped, reported.
-    """
-    if not len(prompts) == len(completions) == len(scores):
-        raise ValueError(f"prompts, completions and scores must have one entry per prompt, got "
-                         f"{len(prompts)}, {len(completions)}, {len(scores)}")
-    pairs: list[dict] = []
-    report = Report("make_pairs")
-    for p, (prompt, texts, values) in enumerate(zip(prompts, completions, scores)):
-        if len(texts) != len(values):
-            raise ValueError(f"prompt {p}: {len(texts)} completions but {len(values)} scores")
-        for a in range(len(texts)):
-            for b in range(a + 1, len(texts)):
-                report.total += 1
-                if values[a] == values[b] or texts[a] == texts[b]:
-                    report.skip(report.total - 1, "tie: equal scores or identical completions")
-                    continue
-                w, l = (a, b) if values[a] > values[b] else (b, a)
-                pairs.append({"prompt": prompt, "chosen": texts[w], "rejected": texts[l],
-                              "chosen_reward": float(values[w]), "rejected_reward": float(values[l]),
-                              "prompt_id": p})
-    return pairs, report
 
 
 def save_jsonl(rows: Iterable[dict], path: str | Path) -> Path:

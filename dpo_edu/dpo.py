@@ -15,9 +15,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .data import PAIR_FIELDS, Report
+from .data import Report
 from .losses import LOSS_TYPES, dpo_loss
 from .models import response_logps, token_ids
+from .preferences import PAIR_FIELDS
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int, check_positive
 

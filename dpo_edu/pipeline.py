@@ -143,7 +143,7 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
         (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=1), encoding="utf-8")
 
     done = stage(run_dir / "pairs", labelling, label, "preference pairs")
-    pairs = data.validate_pairs(data.load_jsonl(done.folder / "pairs.jsonl"))
+    pairs = preferences.validate_pairs(data.load_jsonl(done.folder / "pairs.jsonl"))
     summary = preferences.PreferenceSummary(**json.loads((done.folder / "summary.json").read_text()))
     print(summary)
     train_pairs, eval_pairs = preferences.split_by_prompt(pairs, config.eval_prompts, seed=seed)

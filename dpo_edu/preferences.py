@@ -1,8 +1,8 @@
 """Preference pairs as in the DPO paper (§6.1): k samples of π_ref per prefix, every pair labelled.
 
-"We generate preference pairs ... by sampling four completions per prefix from the SFT model" and label
-them with the sentiment classifier (the ground truth): C(4, 2) = 6 pairs per prefix, the completion the
-reward scores higher ``chosen`` (y_w). The labeller is exact: notebook 03's deterministic preferences.
+A record is ``{"prompt", "chosen", "rejected"}``, TRL's explicit-prompt format (y_w, y_l without the
+prompt); extra fields travel with it. Four completions give C(4, 2) = 6 pairs per prefix, the one the
+ground truth scores higher ``chosen``: exact labels, notebook 03's deterministic preferences.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .data import Report, filter_pairs, make_pairs, train_eval_split, validate_pairs
+from .data import Report, encode_text, train_eval_split
 from .sampling import Generation, generate
 from .validate import check_int
 
+PAIR_FIELDS = ("prompt", "chosen", "rejected")  # a record's texts (TRL's explicit-prompt format)
 # A fixed probe of the reward: its scores on these texts fingerprint any reward, a callable included.
 PROBE_TEXTS = ("This movie was wonderful, I loved every minute.", "A dull, boring waste of time.",
                "The plot was fine but the acting", "I have seen better.", "", "Brilliant! 10/10")
@@ -61,6 +62,107 @@ class PreferenceSummary:
                  f"mean margin chosen − rejected {self.mean_margin:.3f}"]
         lines += [f"  skipped {n:,}: {why}" for why, n in self.skipped.items()]
         return "\n".join(lines)
+
+
+# --- pair records -------------------------------------------------------------------------------
+
+
+def _pair_problem(row: Any, lengths: Callable[[str], int] | None, limit: int | None, unit: str):
+    """(field, why) for the first problem of a preference row, or None when it is fine."""
+    if not isinstance(row, dict):
+        return None, f"is a {type(row).__name__}, not a dict"
+    for name in PAIR_FIELDS:
+        if name not in row:
+            return name, "is missing"
+        if not isinstance(row[name], str):
+            return name, f"must be a str, got {type(row[name]).__name__}"
+        if not row[name].strip():
+            return name, "is empty"
+    if row["chosen"] == row["rejected"]:
+        return "rejected", "equals chosen (a pair must differ)"
+    if lengths is not None:
+        for name in ("chosen", "rejected"):
+            size = lengths(row["prompt"] + row[name])
+            if size > limit:
+                return name, f"prompt + {name} is {size} {unit}, over the limit of {limit}"
+    return None
+
+
+def _length_rule(max_chars, tokenizer, max_tokens):
+    if max_chars is not None and (tokenizer is not None or max_tokens is not None):
+        raise ValueError("give max_chars or tokenizer + max_tokens, not both")
+    if (tokenizer is None) != (max_tokens is None):
+        raise ValueError("tokenizer and max_tokens go together: the limit counts that tokenizer's tokens")
+    if max_chars is not None:
+        return len, max_chars, "characters"
+    if tokenizer is not None:
+        return (lambda s: len(encode_text(tokenizer, s))), max_tokens, "tokens"
+    return None, None, ""
+
+
+def validate_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer: Any = None,
+                   max_tokens: int | None = None) -> list[dict]:
+    """Check preference records; raise a ValueError naming the first bad row index and field.
+
+    Each row needs non-empty strings ``prompt``, ``chosen`` and ``rejected`` with
+    chosen != rejected; with ``max_chars`` (or ``tokenizer`` + ``max_tokens``), prompt + each
+    response must fit. Returns ``rows`` unchanged so it can wrap a pipeline step.
+    """
+    lengths, limit, unit = _length_rule(max_chars, tokenizer, max_tokens)
+    for i, row in enumerate(rows):
+        problem = _pair_problem(row, lengths, limit, unit)
+        if problem is not None:
+            name, why = problem
+            where = f"row {i}" if name is None else f"row {i}, field {name!r}:"
+            raise ValueError(f"{where} {why}")
+    return list(rows)
+
+
+def filter_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer: Any = None,
+                 max_tokens: int | None = None) -> tuple[list[dict], Report]:
+    """Like :func:`validate_pairs`, but drop bad rows and report each drop's reason."""
+    lengths, limit, unit = _length_rule(max_chars, tokenizer, max_tokens)
+    report = Report("filter_pairs", total=len(rows))
+    kept = []
+    for i, row in enumerate(rows):
+        problem = _pair_problem(row, lengths, limit, unit)
+        if problem is None:
+            kept.append(row)
+        else:
+            name, why = problem
+            report.skip(i, f"row {why}" if name is None else f"{name} {why}")
+    return kept, report
+
+
+def make_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]],
+               scores: Sequence[Sequence[float]]) -> tuple[list[dict], Report]:
+    """Every pair of completions of a prompt, the higher-scored one ``chosen`` (paper §6.1: 4 → 6).
+
+    Records carry ``chosen_reward``, ``rejected_reward`` and ``prompt_id`` (the prompt's
+    index). Pairs with equal scores or identical texts carry no preference: skipped, reported.
+    """
+    if not len(prompts) == len(completions) == len(scores):
+        raise ValueError(f"prompts, completions and scores must have one entry per prompt, got "
+                         f"{len(prompts)}, {len(completions)}, {len(scores)}")
+    pairs: list[dict] = []
+    report = Report("make_pairs")
+    for p, (prompt, texts, values) in enumerate(zip(prompts, completions, scores)):
+        if len(texts) != len(values):
+            raise ValueError(f"prompt {p}: {len(texts)} completions but {len(values)} scores")
+        for a in range(len(texts)):
+            for b in range(a + 1, len(texts)):
+                report.total += 1
+                if values[a] == values[b] or texts[a] == texts[b]:
+                    report.skip(report.total - 1, "tie: equal scores or identical completions")
+                    continue
+                w, l = (a, b) if values[a] > values[b] else (b, a)
+                pairs.append({"prompt": prompt, "chosen": texts[w], "rejected": texts[l],
+                              "chosen_reward": float(values[w]), "rejected_reward": float(values[l]),
+                              "prompt_id": p})
+    return pairs, report
+
+
+# --- sampling and labelling ----------------------------------------------------------------------
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:

@@ -1,25 +1,24 @@
-"""dpo_edu.data: IMDb loading, the split, prompts, preference records and their round trips."""
+"""dpo_edu.data: IMDb loading, the split, prompts and the JSONL / datasets round trips; the preference records'
+checks (dpo_edu.preferences) on the same rows."""
 
 import json
 
 import pytest
 
-from dpo_edu import data
+from dpo_edu import preferences
 from dpo_edu.data import (
     Report,
     Review,
     clean_text,
-    filter_pairs,
     from_dataset,
     load_imdb,
     load_jsonl,
-    make_pairs,
     make_prompts,
     save_jsonl,
     to_dataset,
     train_eval_split,
-    validate_pairs,
 )
+from dpo_edu.preferences import filter_pairs, make_pairs, validate_pairs
 
 
 class WhitespaceTokenizer:
@@ -295,4 +294,4 @@ def test_report_counts_add_up():
     report.skip(3, "why")
     report.truncate("cut")
     assert report.kept == 3 and str(report) == "step: kept 3 of 5 rows\n  skipped 2: why\n  truncated 1: cut"
-    assert data.PAIR_FIELDS == ("prompt", "chosen", "rejected")
+    assert preferences.PAIR_FIELDS == ("prompt", "chosen", "rejected")
