@@ -2,17 +2,25 @@
 notebooks 04 and 05, each built once per test session."""
 
 import csv
+import dataclasses
+import hashlib
 import importlib.util
 import itertools
 from pathlib import Path
 
 import pytest
+import torch
 
-from dpo_edu import data, models, toy
+from dpo_edu import data, models, pipeline, toy
 from dpo_edu.cli import run_course
 from dpo_edu.presets import get_preset
+from dpo_edu.stages import Stage
 
 ROOT = Path(__file__).resolve().parents[1]
+# A tiny run folder: tiny_lm's GPT-2, 6 training-review prefixes (2 held out) × 4 completions of 6 tokens.
+TINY_RUN = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 64,
+            "model.vocab_size": 300, "data.reviews": 100, "generation.max_new_tokens": 6, "pairs.prompts": 6,
+            "pairs.eval_prompts": 2, "pairs.batch_size": 8}
 
 
 def load_script(relative: str):
@@ -70,3 +78,17 @@ def ci_course_run(tmp_path_factory):
         patch.setenv("OMP_NUM_THREADS", str(load_script("scripts/pin_trajectories.py").THREADS))
         run_course("ci", out, ["04_gpt2_preferences", "05_rlhf_vs_dpo"])
     return out
+
+
+def hash_reward(texts):
+    """A continuous fake reward in [0, 1): distinct texts practically never tie."""
+    return torch.tensor([int(hashlib.sha256(t.encode()).hexdigest()[:12], 16) / 16**12 for t in texts])
+
+
+def tiny_reference(tiny_lm, run_dir, policy=None, seed: int = 0) -> pipeline.Reference:
+    """π_ref of a tiny run folder, made by hand: the policy saved in ``sft/``, its stage's settings."""
+    tiny_policy, tokenizer = tiny_lm
+    policy = policy if policy is not None else tiny_policy
+    folder = models.save_policy(policy, tokenizer, run_dir / "sft")
+    settings = {"model": dataclasses.asdict(get_preset("ci", TINY_RUN, verbose=False).model), "seed": seed}
+    return pipeline.Reference(policy, tokenizer, [], Stage(folder, settings))

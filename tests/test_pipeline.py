@@ -5,47 +5,24 @@ the ground-truth stage in test_sentiment.py.
 """
 
 import dataclasses
-import hashlib
 import json
 import math
 
 import pytest
 import torch
 
-from dpo_edu import data, models, pipeline
+from dpo_edu import pipeline
+from conftest import TINY_RUN, hash_reward, tiny_reference
+
 from dpo_edu.presets import get_preset
 from dpo_edu.sft import SFTConfig
 from dpo_edu.stages import Stage
 from dpo_edu.training import result_settings
 
-# a tiny run: a 2-layer GPT-2 and 6 training-review prefixes (2 held out) × 4 completions of 6 tokens;
-# eval_prompts before prompts: overrides apply in order, and ci's 32 held-out prefixes need more than 6
-TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 64, "model.vocab_size": 300,
-        "data.reviews": 100, "generation.max_new_tokens": 6, "pairs.eval_prompts": 2, "pairs.prompts": 6,
-        "pairs.batch_size": 8}
 PROMPTS = ["The movie was", "I", "This film is a", "Acting"]
 
 
-@pytest.fixture(scope="module")
-def tiny(one_thread_per_module):
-    """``(policy, tokenizer)``: a 2-layer GPT-2 with a 300-token BPE trained on 200 short reviews (~1 s)."""
-    texts = [r.text[:300] for r in data.load_imdb(n=200, verbose=False)]
-    model = get_preset("ci", TINY, verbose=False).model
-    tokenizer = models.train_tokenizer(texts, model.vocab_size, model_max_length=model.n_positions)
-    return models.build_model(model, tokenizer, seed=0).eval(), tokenizer
 
-
-def reference(tiny, run_dir) -> pipeline.Reference:
-    """π_ref of a tiny run folder, made by hand: the policy saved in ``sft/``, its stage's settings."""
-    policy, tokenizer = tiny
-    folder = models.save_policy(policy, tokenizer, run_dir / "sft")
-    settings = {"model": dataclasses.asdict(get_preset("ci", TINY, verbose=False).model), "seed": 0}
-    return pipeline.Reference(policy, tokenizer, [], Stage(folder, settings))
-
-
-def hash_reward(texts):
-    """A continuous fake reward in [0, 1): distinct texts practically never tie."""
-    return torch.tensor([int(hashlib.sha256(t.encode()).hexdigest()[:12], 16) / 16**12 for t in texts])
 
 
 def _share(alphabet: str):
@@ -68,7 +45,7 @@ def test_a_run_is_evaluated_n_times_the_last_at_its_final_step(steps, n_evals, p
 
 
 def test_reference_policy_is_trained_once_then_loaded(tmp_path, capsys, one_thread):
-    preset = get_preset("ci", {**TINY, "sft.steps": 2, "sft.batch_size": 4, "sft.max_length": 32}, verbose=False)
+    preset = get_preset("ci", {**TINY_RUN, "sft.steps": 2, "sft.batch_size": 4, "sft.max_length": 32}, verbose=False)
     first = pipeline.reference_policy(preset, tmp_path)
     folder = tmp_path / "sft"
     assert "SFT (π_ref): new; building" in capsys.readouterr().out
@@ -86,9 +63,9 @@ def test_reference_policy_is_trained_once_then_loaded(tmp_path, capsys, one_thre
     assert "SFT (π_ref): settings changed (sft.lr); building" in capsys.readouterr().out
 
 
-def test_ppo_gt_trains_on_the_true_reward_and_reruns_when_the_reward_changes(tmp_path, tiny, capsys, one_thread):
-    ref = reference(tiny, tmp_path)
-    preset = get_preset("ci", {**TINY, "ppo.steps": 2, "ppo.batch_size": 8, "ppo.mini_batch_size": 4,
+def test_ppo_gt_trains_on_the_true_reward_and_reruns_when_the_reward_changes(tmp_path, tiny_lm, capsys, one_thread):
+    ref = tiny_reference(tiny_lm, tmp_path)
+    preset = get_preset("ci", {**TINY_RUN, "ppo.steps": 2, "ppo.batch_size": 8, "ppo.mini_batch_size": 4,
                                "ppo.ppo_epochs": 1}, verbose=False)
     vowels, consonants = _share("aeiou"), _share("bcdfghjklmnpqrstvwxz")
 
@@ -114,8 +91,8 @@ def test_ppo_gt_trains_on_the_true_reward_and_reruns_when_the_reward_changes(tmp
     assert other.metrics[0]["objective/scores"] != first.metrics[0]["objective/scores"]
 
 
-def test_ppo_run_needs_a_reward_model_unless_it_trains_on_the_ground_truth(tmp_path, tiny):
-    ref, preset = reference(tiny, tmp_path), get_preset("ci", TINY, verbose=False)
+def test_ppo_run_needs_a_reward_model_unless_it_trains_on_the_ground_truth(tmp_path, tiny_lm):
+    ref, preset = tiny_reference(tiny_lm, tmp_path), get_preset("ci", TINY_RUN, verbose=False)
     with pytest.raises(ValueError, match="give reward_model for RLHF, or ground_truth=True"):
         pipeline.ppo_run(preset, tmp_path, ref, hash_reward, PROMPTS, PROMPTS, 3.0)  # neither
     trained = pipeline.Trained(object(), [], [], {}, Stage(tmp_path / "reward_model", {}))
@@ -125,9 +102,9 @@ def test_ppo_run_needs_a_reward_model_unless_it_trains_on_the_ground_truth(tmp_p
     assert not (tmp_path / "ppo").exists() and not (tmp_path / "ppo_gt").exists()
 
 
-def test_dpo_run_records_its_loss_type_and_a_new_loss_type_rebuilds(tmp_path, tiny, capsys, one_thread):
-    ref = reference(tiny, tmp_path)
-    sizes = {**TINY, "dpo.steps": 2, "dpo.batch_size": 4}
+def test_dpo_run_records_its_loss_type_and_a_new_loss_type_rebuilds(tmp_path, tiny_lm, capsys, one_thread):
+    ref = tiny_reference(tiny_lm, tmp_path)
+    sizes = {**TINY_RUN, "dpo.steps": 2, "dpo.batch_size": 4}
     pairs = pipeline.preference_pairs(get_preset("ci", sizes, verbose=False), tmp_path, ref, hash_reward)
     beta = 0.1
 

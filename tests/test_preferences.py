@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 from collections import Counter
@@ -14,20 +13,14 @@ import torch
 
 from dpo_edu import data, models, pipeline, preferences
 from dpo_edu.preferences import label_pairs, make_preference_data, sample_completions, split_by_prompt
+from conftest import TINY_RUN, hash_reward, tiny_reference
+
 from dpo_edu.presets import PRESETS, get_preset
 from dpo_edu.sampling import Generation
 from dpo_edu.stages import Stage
 
 PROMPTS = ["The film", "I watched this", "Bad", "One of the best", "What a", "This movie was"]
-# a tiny run: a 2-layer GPT-2, 6 training-review prefixes (2 held out) × 4 completions of 6 tokens
-TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 64, "model.vocab_size": 300,
-        "data.reviews": 100, "generation.max_new_tokens": 6, "pairs.prompts": 6, "pairs.eval_prompts": 2,
-        "pairs.batch_size": 8}
 
-
-def hash_reward(texts):
-    """A continuous fake reward in [0, 1): distinct texts practically never tie."""
-    return torch.tensor([int(hashlib.sha256(t.encode()).hexdigest()[:12], 16) / 16**12 for t in texts])
 
 
 def salted_reward(texts):
@@ -49,37 +42,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tiny(one_thread):
-    """``(policy, tokenizer)``: a 2-layer GPT-2 with a 300-token BPE trained on 200 short reviews (~1 s)."""
-    texts = [r.text[:300] for r in data.load_imdb(n=200, verbose=False)]
-    model = get_preset("ci", TINY, verbose=False).model
-    tokenizer = models.train_tokenizer(texts, model.vocab_size, model_max_length=model.n_positions)
-    return models.build_model(model, tokenizer, seed=0).eval(), tokenizer
-
 
 GENERATION = Generation(max_new_tokens=6, temperature=1.0)
 
 
-def _build(tiny, reward=hash_reward, prompts=PROMPTS, seed=0):
+def _build(tiny_lm, reward=hash_reward, prompts=PROMPTS, seed=0):
     """Sample 4 completions per prompt and label every pair, without a run folder."""
-    policy, tokenizer = tiny
+    policy, tokenizer = tiny_lm
     completions = sample_completions(policy, tokenizer, prompts, 4, GENERATION, seed=seed, batch_size=8)
     return make_preference_data(prompts, completions, reward)
 
 
-def reference(tiny, run_dir, policy=None, seed=0) -> pipeline.Reference:
-    """π_ref of a tiny run folder, made by hand: the policy saved in ``sft/``, its stage's settings."""
-    tiny_policy, tokenizer = tiny
-    policy = policy if policy is not None else tiny_policy
-    folder = models.save_policy(policy, tokenizer, run_dir / "sft")
-    settings = {"model": dataclasses.asdict(get_preset("ci", TINY, verbose=False).model), "seed": seed}
-    return pipeline.Reference(policy, tokenizer, [], Stage(folder, settings))
 
-
-def preference_pairs(tiny, run_dir, overrides=None, reward=hash_reward, seed=0, ref=None) -> pipeline.Pairs:
-    preset = get_preset("ci", {**TINY, **(overrides or {})}, verbose=False)
-    ref = ref if ref is not None else reference(tiny, run_dir)
+def preference_pairs(tiny_lm, run_dir, overrides=None, reward=hash_reward, seed=0, ref=None) -> pipeline.Pairs:
+    preset = get_preset("ci", {**TINY_RUN, **(overrides or {})}, verbose=False)
+    ref = ref if ref is not None else tiny_reference(tiny_lm, run_dir)
     return pipeline.preference_pairs(preset, run_dir, ref, reward, seed=seed)
 
 
@@ -102,8 +79,8 @@ def key(pair: dict) -> str:
 # --- sampling and labelling ----------------------------------------------------------------------------
 
 
-def test_sample_completions_gives_k_per_prompt_and_a_seed_fixes_them(tiny):
-    policy, tok = tiny
+def test_sample_completions_gives_k_per_prompt_and_a_seed_fixes_them(tiny_lm):
+    policy, tok = tiny_lm
     generation = Generation(max_new_tokens=5)
     first = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=1, batch_size=8)
     again = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=1, batch_size=8)
@@ -114,8 +91,8 @@ def test_sample_completions_gives_k_per_prompt_and_a_seed_fixes_them(tiny):
     assert all(len(set(group)) > 1 for group in first)  # the k copies are independent samples, not one
 
 
-def test_four_completions_give_six_pairs_per_prompt_each_pair_once(tiny):
-    pairs, scored, summary = _build(tiny)
+def test_four_completions_give_six_pairs_per_prompt_each_pair_once(tiny_lm):
+    pairs, scored, summary = _build(tiny_lm)
     assert summary.skipped == {} and summary.n_candidate_pairs == 6 * len(PROMPTS) == summary.n_pairs
     assert (summary.n_prompts, summary.k) == (len(PROMPTS), 4)
     assert Counter(p["prompt_id"] for p in pairs) == {i: 6 for i in range(len(PROMPTS))}
@@ -182,8 +159,8 @@ def test_a_real_sentiment_reward_labels_pairs():
     assert top in (" a wonderful, moving film.", " great acting.")  # positive beats negative
 
 
-def test_bad_arguments_name_the_argument(tiny):
-    policy, tok = tiny
+def test_bad_arguments_name_the_argument(tiny_lm):
+    policy, tok = tiny_lm
     with pytest.raises(ValueError, match="k must be"):
         sample_completions(policy, tok, PROMPTS, k=1)
     with pytest.raises(ValueError, match="prompts"):
@@ -203,9 +180,9 @@ def test_bad_arguments_name_the_argument(tiny):
 # --- the run folder's samples/ and pairs/ stages ---------------------------------------------------------------
 
 
-def test_finished_stages_are_read_back_and_sample_nothing(tiny, tmp_path, monkeypatch, capsys):
+def test_finished_stages_are_read_back_and_sample_nothing(tiny_lm, tmp_path, monkeypatch, capsys):
     calls = count_sampling(monkeypatch)
-    first = preference_pairs(tiny, tmp_path)
+    first = preference_pairs(tiny_lm, tmp_path)
     assert calls == [6 * 4]  # the 6 prefixes × 4 completions, sampled once
     out = capsys.readouterr().out
     assert "π_ref's samples: new; building" in out and "preference pairs: new; building" in out
@@ -213,7 +190,7 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny, tmp_path, monkey
     assert {f.name for f in samples.iterdir()} == {"samples.jsonl", "settings.json"}
     assert {f.name for f in labelled.iterdir()} == {"pairs.jsonl", "scored.jsonl", "summary.json", "settings.json"}
     sampling = json.loads((samples / "settings.json").read_text())
-    ref_settings = reference(tiny, tmp_path).stage.settings
+    ref_settings = tiny_reference(tiny_lm, tmp_path).stage.settings
     assert sampling == {"sft": ref_settings, "prompts": sampling["prompts"], "seed": 0, "completions": 4,
                         "batch_size": 8, "generation": {"max_new_tokens": 6, "temperature": 1.0}}
     assert json.loads((labelled / "settings.json").read_text()) == {
@@ -222,8 +199,8 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny, tmp_path, monkey
     # the stages hold exactly what sample_completions and make_preference_data give
     rows = data.load_jsonl(samples / "samples.jsonl")
     prompts = [row["prompt"] for row in rows]
-    policy, tokenizer = tiny
-    preset = get_preset("ci", TINY, verbose=False)
+    policy, tokenizer = tiny_lm
+    preset = get_preset("ci", TINY_RUN, verbose=False)
     completions = sample_completions(policy, tokenizer, prompts, 4, preset.generation, seed=0, batch_size=8)
     assert len(prompts) == 6 and [row["completions"] for row in rows] == completions
     pairs, scored, summary = make_preference_data(prompts, completions, hash_reward)
@@ -233,13 +210,13 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny, tmp_path, monkey
     assert len({p["prompt"] for p in first.eval}) == 2 and len({p["prompt"] for p in first.train}) == 4
     assert not {p["prompt"] for p in first.train} & {p["prompt"] for p in first.eval}
     calls.clear()
-    again = preference_pairs(tiny, tmp_path)
+    again = preference_pairs(tiny_lm, tmp_path)
     assert calls == []  # nothing sampled
     out = capsys.readouterr().out
     assert "π_ref's samples: reusing" in out and "preference pairs: reusing" in out
     assert again[:4] == first[:4] and again.stage == first.stage
     (samples / "settings.json").unlink()  # no settings: an unfinished stage, sampled again
-    third = preference_pairs(tiny, tmp_path)
+    third = preference_pairs(tiny_lm, tmp_path)
     assert calls == [6 * 4] and third[:4] == first[:4]
     assert "preference pairs: reusing" in capsys.readouterr().out  # the same samples: the labels stand
 
@@ -251,11 +228,11 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny, tmp_path, monkey
     (dict(overrides={"pairs.completions": 3}), "completions"),
     (dict(overrides={"pairs.batch_size": 4}), "batch_size"),
 ])
-def test_a_changed_setting_samples_again_and_says_which(tiny, tmp_path, monkeypatch, capsys, change, said):
-    first = preference_pairs(tiny, tmp_path)
+def test_a_changed_setting_samples_again_and_says_which(tiny_lm, tmp_path, monkeypatch, capsys, change, said):
+    first = preference_pairs(tiny_lm, tmp_path)
     calls = count_sampling(monkeypatch)
     capsys.readouterr()
-    second = preference_pairs(tiny, tmp_path, **change)
+    second = preference_pairs(tiny_lm, tmp_path, **change)
     assert len(calls) == 1
     out = capsys.readouterr().out
     assert f"π_ref's samples: settings changed ({said}); building" in out
@@ -264,7 +241,7 @@ def test_a_changed_setting_samples_again_and_says_which(tiny, tmp_path, monkeypa
     assert second.scored != first.scored
     sampling = json.loads((tmp_path / "samples" / "settings.json").read_text())  # the files hold the new run
     assert json.loads((tmp_path / "pairs" / "settings.json").read_text())["samples"] == sampling
-    preset = get_preset("ci", {**TINY, **change.get("overrides", {})}, verbose=False)
+    preset = get_preset("ci", {**TINY_RUN, **change.get("overrides", {})}, verbose=False)
     assert (sampling["seed"], sampling["completions"], sampling["batch_size"], sampling["generation"]) == (
         change.get("seed", 0), preset.pairs.completions, preset.pairs.batch_size,
         dataclasses.asdict(preset.generation))
@@ -272,29 +249,29 @@ def test_a_changed_setting_samples_again_and_says_which(tiny, tmp_path, monkeypa
     assert all(len(row["completions"]) == preset.pairs.completions for row in second.scored)
 
 
-def test_new_prompts_or_a_new_reference_sample_again(tiny, tmp_path, monkeypatch, capsys):
-    first = preference_pairs(tiny, tmp_path)
+def test_new_prompts_or_a_new_reference_sample_again(tiny_lm, tmp_path, monkeypatch, capsys):
+    first = preference_pairs(tiny_lm, tmp_path)
     calls = count_sampling(monkeypatch)
     capsys.readouterr()
-    fewer = preference_pairs(tiny, tmp_path, {"pairs.prompts": 5})
+    fewer = preference_pairs(tiny_lm, tmp_path, {"pairs.prompts": 5})
     assert "π_ref's samples: settings changed (prompts); building" in capsys.readouterr().out
     assert calls == [5 * 4] and fewer.summary.n_prompts == 5
     assert [row["prompt"] for row in fewer.scored] == [row["prompt"] for row in first.scored][:5]
-    _, tokenizer = tiny
-    other = models.build_model(get_preset("ci", TINY, verbose=False).model, tokenizer, seed=1)  # other weights
-    retrained = reference(tiny, tmp_path, policy=other.eval(), seed=1)  # as SFT with another seed leaves it
-    again = preference_pairs(tiny, tmp_path, {"pairs.prompts": 5}, ref=retrained)
+    _, tokenizer = tiny_lm
+    other = models.build_model(get_preset("ci", TINY_RUN, verbose=False).model, tokenizer, seed=1)  # other weights
+    retrained = tiny_reference(tiny_lm, tmp_path, policy=other.eval(), seed=1)  # as SFT with another seed leaves it
+    again = preference_pairs(tiny_lm, tmp_path, {"pairs.prompts": 5}, ref=retrained)
     assert "π_ref's samples: settings changed (sft.seed); building" in capsys.readouterr().out
     assert calls == [20, 20] and again.scored != fewer.scored
     assert [row["prompt"] for row in again.scored] == [row["prompt"] for row in fewer.scored]
 
 
-def test_a_new_reward_relabels_the_saved_samples_without_sampling(tiny, tmp_path, monkeypatch, capsys):
-    first = preference_pairs(tiny, tmp_path)
+def test_a_new_reward_relabels_the_saved_samples_without_sampling(tiny_lm, tmp_path, monkeypatch, capsys):
+    first = preference_pairs(tiny_lm, tmp_path)
     samples = (tmp_path / "samples" / "samples.jsonl").read_text()
     calls = count_sampling(monkeypatch)
     capsys.readouterr()
-    relabelled = preference_pairs(tiny, tmp_path, reward=salted_reward)
+    relabelled = preference_pairs(tiny_lm, tmp_path, reward=salted_reward)
     out = capsys.readouterr().out
     assert calls == [] and "π_ref's samples: reusing" in out
     assert "preference pairs: settings changed (reward); building" in out
@@ -309,7 +286,7 @@ def test_a_new_reward_relabels_the_saved_samples_without_sampling(tiny, tmp_path
     assert sorted(map(key, relabelled.train + relabelled.eval)) != sorted(map(key, first.train + first.eval))
     assert json.loads((tmp_path / "pairs" / "settings.json").read_text())["reward"] == (
         preferences.reward_fingerprint(salted_reward))
-    preference_pairs(tiny, tmp_path, reward=salted_reward)
+    preference_pairs(tiny_lm, tmp_path, reward=salted_reward)
     assert calls == [] and "preference pairs: reusing" in capsys.readouterr().out
 
 
@@ -323,15 +300,15 @@ def test_reward_fingerprint_tells_rewards_apart_by_their_scores():
         lambda texts: count_e(texts) + 1e-3)
 
 
-def test_deterministic_for_a_seed_without_a_run_folder(tiny):
-    first, scored, s1 = _build(tiny)
-    again, scored_again, s2 = _build(tiny)
+def test_deterministic_for_a_seed_without_a_run_folder(tiny_lm):
+    first, scored, s1 = _build(tiny_lm)
+    again, scored_again, s2 = _build(tiny_lm)
     assert first == again and scored == scored_again and s1 == s2
-    assert _build(tiny, seed=1)[1] != scored
+    assert _build(tiny_lm, seed=1)[1] != scored
 
 
-def test_split_by_prompt_keeps_each_prompts_pairs_together(tiny):
-    pairs, _, _ = _build(tiny)
+def test_split_by_prompt_keeps_each_prompts_pairs_together(tiny_lm):
+    pairs, _, _ = _build(tiny_lm)
     train, held_out = split_by_prompt(pairs, eval_size=2, seed=0)
     assert len(train) + len(held_out) == len(pairs) and len(held_out) == 12
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}
@@ -344,4 +321,4 @@ def test_every_preset_names_the_preference_sizes():
         assert preset.pairs.batch_size >= 1 and 0 < preset.pairs.eval_prompts < preset.pairs.prompts
     assert PRESETS["ci"].pairs.prompts <= PRESETS["cpu"].pairs.prompts <= PRESETS["gpt2"].pairs.prompts
     with pytest.raises(ValueError, match=r"eval_prompts \(6\) must be < prompts \(6\)"):
-        get_preset("ci", {**TINY, "pairs.eval_prompts": 6}, verbose=False)
+        get_preset("ci", {**TINY_RUN, "pairs.eval_prompts": 6}, verbose=False)
