@@ -1,14 +1,14 @@
-"""Autograded assignments: otter-grader master notebooks in ``assignments/`` → what students and graders get.
+"""Autograded assignments: otter-grader masters in ``assignments/`` → student notebooks, graders.
 
 ``otter assign`` (otter-grader 7) turns each master ``assignments/NAME.ipynb`` into
 
-    OUT/NAME/student/NAME.ipynb                  the student notebook: solutions and hidden tests removed
-    OUT/NAME/autograder/NAME.ipynb               the solved notebook, for the instructor
-    OUT/NAME/autograder/NAME-autograder_*.zip    the autograder: every test, hidden ones included, for
-                                                 ``otter run`` (offline) or Gradescope
+    OUT/NAME/student/NAME.ipynb                the student notebook: solutions, hidden tests removed
+    OUT/NAME/autograder/NAME.ipynb             the solved notebook, for the instructor
+    OUT/NAME/autograder/NAME-autograder_*.zip  every test, hidden ones included, for ``otter run``
+                                               (offline) or Gradescope
 
-and, unless told not to, grades the solved notebook with that autograder and fails unless it scores full
-marks: a master whose solutions do not pass its own tests never reaches students.
+and, unless told not to, fails unless the solved notebook scores full marks with that autograder:
+a master whose solutions do not pass its own tests never reaches students.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def master_notebooks() -> list[Path]:
     """The master notebooks in ``assignments/``, by name."""
     masters = sorted(ASSIGNMENT_DIR.glob("*.ipynb"))
     if not masters:
-        raise SystemExit(f"no master notebooks in {ASSIGNMENT_DIR}: run dpo-edu from a checkout installed with "
-                         "`pip install -e .`")
+        raise SystemExit(f"no master notebooks in {ASSIGNMENT_DIR}: run dpo-edu from a checkout "
+                         "installed with `pip install -e .`")
     return masters
 
 
@@ -47,10 +47,12 @@ def build_assignment(master: Path, out: Path, run_tests: bool = True) -> BuiltAs
     try:
         otter_assign(str(master), str(out / name), no_pdfs=True, no_run_tests=not run_tests)
     except Exception as error:  # a malformed master, or solutions that fail their own tests
-        raise SystemExit(f"otter assign failed on {master}:\n{type(error).__name__}: {error}") from error
+        raise SystemExit(f"otter assign failed on {master}:\n"
+                         f"{type(error).__name__}: {error}") from error
     zips = sorted((out / name / "autograder").glob(f"{name}-autograder_*.zip"))
     if len(zips) != 1:
-        raise SystemExit(f"expected one autograder zip in {out / name / 'autograder'}, found {len(zips)}")
+        raise SystemExit(f"expected one autograder zip in {out / name / 'autograder'}, "
+                         f"found {len(zips)}")
     return BuiltAssignment(name, out / name / "student" / f"{name}.ipynb", zips[0])
 
 

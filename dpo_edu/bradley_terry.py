@@ -40,13 +40,14 @@ def sample_comparisons(reward: Tensor, n: int, seed: int = 0) -> Comparisons:
     """Draw ``n`` comparisons: a uniform pair of distinct items, then a Bradley–Terry coin flip."""
     check_finite("reward", reward)
     if reward.dim() != 1 or len(reward) < 2:
-        raise ValueError(f"reward must be a 1-D tensor of at least 2 items, got shape {tuple(reward.shape)}")
+        raise ValueError(f"reward must be a 1-D tensor of at least 2 items, "
+                         f"got shape {tuple(reward.shape)}")
     if n < 1:
         raise ValueError(f"n must be ≥ 1, got {n}")
     generator = torch.Generator().manual_seed(seed)
     k = len(reward)
     first = torch.randint(k, (n,), generator=generator)
-    second = (first + torch.randint(1, k, (n,), generator=generator)) % k  # uniform over the other items
+    second = (first + torch.randint(1, k, (n,), generator=generator)) % k  # uniform, ≠ first
     first_wins = torch.rand(n, generator=generator, dtype=reward.dtype) < preference_probability(
         reward[first], reward[second]
     )
@@ -69,9 +70,8 @@ def fit_bradley_terry(
 ) -> Tensor:
     """Maximum-likelihood rewards, centred to mean zero.
 
-    Minimises  Σ_k −log σ(r_{w_k} − r_{l_k}) + (l2/2) ‖r‖²  with L-BFGS in float64.
-    The small ridge keeps the fit finite when an item never loses (or never wins); since the
-    likelihood's gradient sums to zero over items, the ridge optimum is already centred.
+    Minimises  Σ_k −log σ(r_{w_k} − r_{l_k}) + (l2/2) ‖r‖²  with L-BFGS in float64; the small
+    ridge keeps the fit finite when an item never loses (or never wins).
     """
     check_same_shape(winners=comparisons.winners, losers=comparisons.losers)
     check_positive("l2", l2)
@@ -80,12 +80,14 @@ def fit_bradley_terry(
         raise ValueError(f"comparisons name item {top}, but n_items is {n_items}")
     reward = torch.zeros(n_items, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
-        [reward], max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+        [reward], max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
+        line_search_fn="strong_wolfe"
     )
 
     def closure():
         optimizer.zero_grad()
-        loss = len(comparisons) * negative_log_likelihood(reward, comparisons) + 0.5 * l2 * reward.pow(2).sum()
+        loss = (len(comparisons) * negative_log_likelihood(reward, comparisons)
+                + 0.5 * l2 * reward.pow(2).sum())
         loss.backward()
         return loss
 
@@ -96,7 +98,7 @@ def fit_bradley_terry(
 
 
 def recovery_error(fitted: Tensor, true: Tensor) -> float:
-    """Root-mean-square error between rewards after centring both (the shift is not identifiable)."""
+    """RMS error between rewards after centring both (the shift is not identifiable)."""
     check_same_shape(fitted=fitted, true=true)
     return float(((fitted - fitted.mean()) - (true - true.mean())).pow(2).mean().sqrt())
 
@@ -111,20 +113,24 @@ class Recovery:
     error: float
 
 
-def recovery_experiment(n_items: int, n_comparisons: int, reward_scale: float = 1.0, seed: int = 0) -> Recovery:
+def recovery_experiment(n_items: int, n_comparisons: int, reward_scale: float = 1.0,
+                        seed: int = 0) -> Recovery:
     """Hidden reward r ~ N(0, reward_scale²) on ``n_items``, ``n_comparisons`` samples, MLE fit."""
     check_positive("reward_scale", reward_scale)
     generator = torch.Generator().manual_seed(seed)
     true = reward_scale * torch.randn(n_items, generator=generator, dtype=torch.float64)
     comparisons = sample_comparisons(true, n_comparisons, seed=seed + 1)
     fitted = fit_bradley_terry(comparisons, n_items)
-    return Recovery(true=true, fitted=fitted, n_comparisons=n_comparisons, error=recovery_error(fitted, true))
+    return Recovery(true=true, fitted=fitted, n_comparisons=n_comparisons,
+                    error=recovery_error(fitted, true))
 
 
-def error_curve(n_items: int, counts: list[int], reward_scale: float = 1.0, repeats: int = 5, seed: int = 0) -> Tensor:
+def error_curve(n_items: int, counts: list[int], reward_scale: float = 1.0, repeats: int = 5,
+                seed: int = 0) -> Tensor:
     """Median recovery error over ``repeats`` seeds for each number of comparisons in ``counts``."""
     errors = [
-        [recovery_experiment(n_items, n, reward_scale, seed=seed + 100 * r).error for r in range(repeats)]
+        [recovery_experiment(n_items, n, reward_scale, seed=seed + 100 * r).error
+         for r in range(repeats)]
         for n in counts
     ]
     return torch.tensor(errors, dtype=torch.float64).median(dim=1).values

@@ -1,7 +1,7 @@
-"""Checkpoints that resume a run to the very numbers of an uninterrupted one, and the metrics log.
+"""Checkpoints that resume a run to the very numbers of an uninterrupted one; the metrics log.
 
-A checkpoint is one folder, ``last``: the weights, the optimiser and its schedule, the RNG states, the
-metrics so far and a trainer's own ``state``, saved under the settings that made them.
+A checkpoint is one folder, ``last``: the weights, the optimiser and its schedule, the RNG states,
+the metrics so far and a trainer's own ``state``, saved under the settings that made them.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def load_checkpoint(path, model: nn.Module, optimizer, settings: dict | None = N
         changed = sorted(k for k in set(settings) | set(then) if settings.get(k) != then.get(k))
         if changed:
             raise ValueError(f"checkpoint {path} was written with a different config "
-                             f"({', '.join(changed)}); use a fresh checkpoint_dir, or delete this one")
+                             f"({', '.join(changed)}); use a fresh checkpoint_dir, "
+                             f"or delete this one")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if state is not None:

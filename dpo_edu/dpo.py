@@ -2,8 +2,8 @@
 
     L_DPO(π_θ; π_ref) = −E [log σ(β log π_θ(y_w|x)/π_ref(y_w|x) − β log π_θ(y_l|x)/π_ref(y_l|x))]
 
-log π_ref of every pair is computed once before training; chosen and rejected share one forward pass.
-Each choice is TRL ``DPOTrainer``'s (tests/test_dpo_trl_oracle.py): docs/notes.md#dpo.
+log π_ref of every pair is computed once before training; chosen and rejected share one forward
+pass. Each choice is TRL ``DPOTrainer``'s (tests/test_dpo_trl_oracle.py): docs/notes.md#dpo.
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")  # what the precompute a
 
 @dataclass(frozen=True)
 class DPOConfig(TrainConfig):
-    """DPO on precomputed reference log-probs; the shared fields are documented in ``TrainConfig``."""
+    """DPO on precomputed reference log-probs; the shared fields are ``TrainConfig``'s."""
 
     lr: float = 1e-4  # peak AdamW learning rate (the tiny GPT-2; the paper: 1e-6 for GPT-2)
     batch_size: int = 16  # preference pairs per step (2 × batch_size rows in one forward pass)
-    beta: float = 0.1  # β of Eq. 7, the weight of KL(π ‖ π_ref) (notebook 05 sweeps frontier.dpo_betas)
-    loss_type: str = "sigmoid"  # "sigmoid" (DPO, Eq. 7), "ipo" (length-normalised, as TRL) or "hinge"
-    label_smoothing: float = 0.0  # cDPO's ε: each label assumed flipped with probability ε (sigmoid)
+    beta: float = 0.1  # β of Eq. 7, weight of KL(π ‖ π_ref); notebook 05 sweeps frontier.dpo_betas
+    loss_type: str = "sigmoid"  # "sigmoid" (Eq. 7), "ipo" (length-normalised, as TRL) or "hinge"
+    label_smoothing: float = 0.0  # cDPO's ε: each label flipped with probability ε (sigmoid)
     max_length: int = 64  # tokens per row, prompt + response + EOS; longer rows lose their end
     append_eos: bool = True  # end every response with EOS, as TRL: stopping is learned too
     length_buckets: int = 1  # forward passes per step, rows sorted by length: less padding on a CPU
-    ref_batch_size: int | None = None  # pairs per pass of the reference precompute; None: batch_size
+    ref_batch_size: int | None = None  # pairs per pass of the π_ref precompute; None: batch_size
     eval_batch_size: int = 64  # pairs per forward pass in evaluate_pairs
 
     def __post_init__(self):
@@ -65,12 +65,13 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
                    ) -> tuple[list[dict], Report]:
     """``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` (TRL's names) and ``index`` of each pair.
 
-    TRL's ``keep_start``: a row over ``max_length`` loses its end (counted); a pair whose prompt alone
-    fills ``max_length`` is skipped (its index in ``report.skipped_rows``).
+    TRL's ``keep_start``: a row over ``max_length`` loses its end (counted); a pair whose prompt
+    alone fills ``max_length`` is skipped (its index in ``report.skipped_rows``).
     """
     check_int("max_length", max_length, 2)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ValueError("tokenizer needs a pad token distinct from EOS (models.load_tokenizer adds one)")
+        raise ValueError("tokenizer needs a pad token distinct from EOS "
+                         "(models.load_tokenizer adds one)")
     report, rows = Report("tokenize_pairs", total=len(pairs)), []
     for i, pair in enumerate(pairs):
         if not isinstance(pair, dict) or not all(k in pair for k in PAIR_FIELDS):
@@ -80,11 +81,13 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
         if not prompt:  # the first response token is predicted from the last prompt position
             raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
         if len(prompt) >= max_length:
-            report.skip(i, f"prompt alone has ≥ max_length={max_length} tokens: no response token left")
+            report.skip(i, f"prompt alone has ≥ max_length={max_length} tokens: "
+                           "no response token left")
             continue
         row, room = {"index": i, "prompt_ids": prompt}, max_length - len(prompt)
         for side in ("chosen", "rejected"):
-            ids = token_ids(tokenizer, pair[side]) + ([tokenizer.eos_token_id] if append_eos else [])
+            ids = (token_ids(tokenizer, pair[side])
+                   + ([tokenizer.eos_token_id] if append_eos else []))
             if len(ids) > room:
                 ids = ids[:room]  # keep_start: the end of the response goes
                 report.truncate(f"{side} cut to fit max_length={max_length} tokens")
@@ -94,7 +97,7 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
 
 
 def collate_pairs(rows: Sequence[dict], pad_token_id: int) -> dict[str, Tensor]:
-    """[x ⊕ y_w ; x ⊕ y_l]: every pair's chosen row, then its rejected row, in ONE right-padded batch."""
+    """[x ⊕ y_w ; x ⊕ y_l]: the chosen rows, then the rejected rows, in ONE right-padded batch."""
     prompts = [row["prompt_ids"] for row in rows]
     responses = [row["chosen_ids"] for row in rows] + [row["rejected_ids"] for row in rows]
     return _right_padded(list(zip(prompts + prompts, responses)), pad_token_id)
@@ -115,11 +118,14 @@ def _right_padded(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id
 
 def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(log π(y_w|x), log π(y_l|x), tokens of y_w, tokens of y_l)`` of tokenized pairs; with
-    ``buckets=k`` the 2n rows, sorted by length, go through k forward passes (less padding)."""
+    """``(log π(y_w|x), log π(y_l|x), tokens of y_w, tokens of y_l)`` of tokenized pairs.
+
+    With ``buckets=k`` the 2n rows, sorted by length, go through k forward passes (less padding).
+    """
     if not rows:
         return (torch.empty(0),) * 4
-    sequences = [(r["prompt_ids"], r[side]) for side in ("chosen_ids", "rejected_ids") for r in rows]
+    sequences = [(r["prompt_ids"], r[side])
+                 for side in ("chosen_ids", "rejected_ids") for r in rows]
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     order = order if buckets > 1 else list(range(len(sequences)))
     size = math.ceil(len(order) / buckets)
@@ -140,13 +146,14 @@ def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1
 def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict],
                                config: DPOConfig | None = None, batch_size: int | None = None,
                                verbose: bool = True) -> tuple[list[dict], Report]:
-    """Copies of the pair records with ``ref_chosen_logps`` / ``ref_rejected_logps`` = log π_ref(y|x).
+    """Copies of the pairs with ``ref_chosen_logps`` / ``ref_rejected_logps`` = log π_ref(y|x).
 
     Tokenized and truncated as ``train_dpo`` will (pass the same ``config``); dropped pairs are left
     out and reported. Afterwards π_ref is no longer needed: delete it to halve the memory.
     """
     config = config if config is not None else DPOConfig()
-    batch_size = batch_size if batch_size is not None else config.ref_batch_size or config.batch_size
+    batch_size = (batch_size if batch_size is not None
+                  else config.ref_batch_size or config.batch_size)
     check_int("batch_size", batch_size, 1)
     _check_fits(ref_model, config)
     rows, report = tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
@@ -154,7 +161,8 @@ def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict],
     was_training = ref_model.training
     ref_model.eval()  # no dropout: the reference is the deterministic π_ref
     try:  # every row sorted by length, batch_size pairs a pass: hardly any padding computed
-        chosen, rejected, _, _ = pair_logps(ref_model, tokenizer, rows, math.ceil(len(rows) / batch_size))
+        chosen, rejected, _, _ = pair_logps(ref_model, tokenizer, rows,
+                                            math.ceil(len(rows) / batch_size))
     finally:
         ref_model.train(was_training)
     out = [{**pairs[row["index"]], "ref_chosen_logps": c, "ref_rejected_logps": r}
@@ -172,20 +180,23 @@ def _check_fits(model, config: DPOConfig) -> None:
 
 
 def _reference_rows(tokenizer, pairs: Sequence[dict], config: DPOConfig) -> list[dict]:
-    """Tokenized pairs with their reference log-probs; refuses pairs the precompute did not prepare."""
+    """Tokenized pairs with their π_ref log-probs; refuses pairs the precompute did not prepare."""
     for i, pair in enumerate(pairs):
         if not isinstance(pair, dict) or not all(k in pair for k in REF_FIELDS):
             raise ValueError(f"pairs[{i}] has no {' / '.join(REF_FIELDS)}: run "
-                             "precompute_reference_logps(ref_model, tokenizer, pairs, config) first")
+                             "precompute_reference_logps(ref_model, tokenizer, pairs, config) "
+                             "first")
         for k in REF_FIELDS:
             if not (isinstance(pair[k], (int, float)) and math.isfinite(pair[k])):
                 raise ValueError(f"pairs[{i}]['{k}'] must be a finite number, got {pair[k]!r}")
     rows, report = tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
     if report.skipped:  # the precompute drops these itself: its max_length must have been another
         raise ValueError(f"pairs {report.skipped_rows[:8]} do not fit config.max_length="
-                         f"{config.max_length}; compute their reference log-probs with train_dpo's config")
+                         f"{config.max_length}; compute their reference log-probs "
+                         f"with train_dpo's config")
     for row in rows:
-        row["ref_chosen_logps"], row["ref_rejected_logps"] = (pairs[row["index"]][k] for k in REF_FIELDS)
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = (
+            pairs[row["index"]][k] for k in REF_FIELDS)
     return rows
 
 
@@ -195,10 +206,13 @@ def _reference_rows(tokenizer, pairs: Sequence[dict], config: DPOConfig) -> list
 def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
                     chosen_tokens: Tensor, rejected_tokens: Tensor, config: DPOConfig
                     ) -> tuple[Tensor, dict]:
-    """The configured loss of summed log-probs, and TRL's metrics (rewards = β × summed log-ratios)."""
+    """The configured loss of summed log-probs, and TRL's metrics.
+
+    The logged rewards are β × the summed log-ratios, for every loss type.
+    """
     # sigmoid (Eq. 7), cDPO or hinge on the summed log-ratios
-    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss_type,
-                             config.label_smoothing)
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta,
+                             config.loss_type, config.label_smoothing)
     if config.loss_type == "ipo":  # TRL 1.16: the log-ratio averaged per response token
         n_w, n_l = chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1)  # (a − b)/n = a/n − b/n
         loss, _ = dpo_loss(chosen / n_w, rejected / n_l, ref_chosen / n_w, ref_rejected / n_l,
@@ -212,8 +226,10 @@ def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_re
 def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None,
               callback: Callable[[int, dict], None] | None = None, checkpoint_dir=None,
               eval_fn: Callable[[], dict] | None = None):
-    """Optimise ``policy`` (in place) by DPO on pairs from ``precompute_reference_logps``; returns
-    ``(policy, metrics)``, a row per step with TRL's names (``loss``, ``rewards/margins``, …)."""
+    """Optimise ``policy`` (in place) by DPO on pairs from ``precompute_reference_logps``.
+
+    Returns ``(policy, metrics)``, a row per step, TRL's names (``loss``, ``rewards/margins``, …).
+    """
     config = config if config is not None else DPOConfig()
     if not isinstance(config, DPOConfig):
         raise ValueError(f"config must be a DPOConfig, got {type(config).__name__}")
@@ -225,17 +241,20 @@ def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None
         if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
             return chosen.sum() + rejected.sum(), {}  # non-finite: train_loop names step and batch
         ref_chosen = torch.tensor([row["ref_chosen_logps"] for row in batch], device=chosen.device)
-        ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in batch], device=chosen.device)
+        ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in batch],
+                                    device=chosen.device)
         return preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l, config)
 
     metrics = train_loop(policy, rows, minimize(loss_fn, config.grad_accum_steps), config,
-                         callback=callback, checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, desc="DPO")
+                         callback=callback, checkpoint_dir=checkpoint_dir, eval_fn=eval_fn,
+                         desc="DPO")
     return policy, metrics
 
 
 @torch.no_grad()
-def evaluate_pairs(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None = None) -> dict:
-    """Held-out preference metrics of pairs with reference log-probs: ``eval_loss``, ``eval_rewards/…``."""
+def evaluate_pairs(policy, tokenizer, pairs: Sequence[dict],
+                   config: DPOConfig | None = None) -> dict:
+    """Held-out metrics of pairs with π_ref log-probs: ``eval_loss``, ``eval_rewards/…``, …"""
     config = config if config is not None else DPOConfig()
     rows = _reference_rows(tokenizer, pairs, config)
     if not rows:

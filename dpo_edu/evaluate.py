@@ -1,8 +1,8 @@
 """Evaluating a policy as the DPO paper does (§6.1, Fig. 2): sample held-out prompts, score the
 samples with the ground-truth reward, and measure the sequence KL(π ‖ π_ref) on them:
 
-    exact    Σ_t Σ_v π(v | x, y_<t) [log π(v | x, y_<t) − log π_ref(v | x, y_<t)]    (never negative)
-    sampled  Σ_t log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)                       (one sample)
+    exact    Σ_t Σ_v π(v | x, y_<t) [log π(v | x, y_<t) − log π_ref(v | x, y_<t)]  (never < 0)
+    sampled  Σ_t log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)                     (one sample)
 
 Both are unbiased for the sequence KL, on the distribution sampled: softmax(logits / T).
 """
@@ -20,11 +20,16 @@ from .sampling import Generation, generate
 
 
 @torch.no_grad()
-def sequence_kl(policy, ref_model, batch: dict[str, Tensor], temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """(exact per-token KL summed over the response, sampled log-ratio) per row of an ``encode_pairs`` batch."""
+def sequence_kl(policy, ref_model, batch: dict[str, Tensor],
+                temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(exact per-token KL summed over the response, sampled log-ratio) per row.
+
+    ``batch`` is an ``encode_pairs`` batch.
+    """
     p = response_logps(policy, batch, temperature, dists=True)
     q = response_logps(ref_model, batch, temperature, dists=True)
-    exact = (p.dists.exp() * (p.dists - q.dists.to(p.dists.device))).sum(-1)  # (N,): KL at each token
+    # (N,): the KL at each token
+    exact = (p.dists.exp() * (p.dists - q.dists.to(p.dists.device))).sum(-1)
     per_row = torch.zeros(p.mask.shape, device=exact.device).masked_scatter(p.mask, exact)
     return per_row.sum(-1).cpu(), (p.logps - q.logps.to(p.logps.device)).sum(-1).cpu()
 
@@ -49,7 +54,8 @@ def evaluate_policy(
     temperature = generation.temperature
     texts, ids, mask = generate(policy, tokenizer, prompts, generation.max_new_tokens, temperature,
                                 seed=seed, batch_size=batch_size, return_ids=True)
-    rewards = torch.as_tensor(reward([p + c for p, c in zip(prompts, texts)]), dtype=torch.float32)  # or a list
+    rewards = torch.as_tensor(reward([p + c for p, c in zip(prompts, texts)]),  # or a list
+                              dtype=torch.float32)
     exact, sampled = [], []
     for start in range(0, len(prompts), kl_batch_size):
         rows = range(start, min(start + kl_batch_size, len(prompts)))
@@ -72,8 +78,9 @@ def evaluate_policy(
     return metrics, samples
 
 
-def make_eval_fn(policy, tokenizer, prompts: Sequence[str], reward: Callable, ref, generation: Generation,
-                 seed: int = 0, batch_size: int = 64) -> Callable[[], dict]:
+def make_eval_fn(policy, tokenizer, prompts: Sequence[str], reward: Callable, ref,
+                 generation: Generation, seed: int = 0,
+                 batch_size: int = 64) -> Callable[[], dict]:
     """An ``eval_fn`` for ``train_loop``: :func:`evaluate_policy` with the same seed each time.
 
     ``ref`` is π_ref, a model or a folder loaded at each evaluation and freed after (no second model
@@ -91,8 +98,9 @@ def make_eval_fn(policy, tokenizer, prompts: Sequence[str], reward: Callable, re
                                dtype=str(weights.dtype).removeprefix("torch.")).eval()
 
     def eval_fn() -> dict:
-        metrics, eval_fn.samples = evaluate_policy(policy, reference(), tokenizer, list(prompts), reward,
-                                                   generation, seed=seed, batch_size=batch_size)
+        metrics, eval_fn.samples = evaluate_policy(policy, reference(), tokenizer, list(prompts),
+                                                   reward, generation, seed=seed,
+                                                   batch_size=batch_size)
         return metrics
 
     eval_fn.samples = []

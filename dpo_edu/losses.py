@@ -1,19 +1,15 @@
-"""Preference losses on sequence log-probabilities, each beside its equation.
+"""Preference losses on sequence log-probabilities, each beside its equation (DPO paper, §4).
 
-Notation (DPO paper, §4): for a prompt x with preferred response y_w ("chosen") and
-dispreferred y_l ("rejected"), the implicit rewards are
-
-    r̂_w = β (log π_θ(y_w|x) − log π_ref(y_w|x)),   r̂_l = β (log π_θ(y_l|x) − log π_ref(y_l|x)),
-
-and h = r̂_w − r̂_l = β u, where u is the difference of log-ratios. The losses:
+For a prompt x with chosen y_w and rejected y_l, the implicit rewards are
+r̂ = β (log π_θ(y|x) − log π_ref(y|x)); h = r̂_w − r̂_l = β u, u the difference of log-ratios.
 
     sigmoid (DPO, Eq. 7)     −log σ(h)
     cDPO (label smoothing ε) −(1 − ε) log σ(h) − ε log σ(−h)      (Mitchell, 2023)
     IPO                      (u − 1/(2β))²                         (Azar et al., 2023, Eq. 17)
     hinge                    max(0, 1 − h)                          (SLiC, Zhao et al., 2023)
 
-Metric names follow TRL's DPOTrainer so that what students learn here transfers. PPO's clipped policy
-and value losses (Schulman et al., 2017), per response token, close the file.
+Metric names are TRL DPOTrainer's. PPO's clipped policy and value losses (Schulman et al., 2017),
+per response token, close the file.
 """
 
 from __future__ import annotations
@@ -27,8 +23,12 @@ from .validate import check_finite, check_positive, check_same_shape
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
-def _check_loss_arguments(beta: float, loss_type: str, label_smoothing: float, **logps: Tensor) -> float:
-    """β, once checked; one shape for every log-prob tensor, every value finite (errors name them)."""
+def _check_loss_arguments(beta: float, loss_type: str, label_smoothing: float,
+                          **logps: Tensor) -> float:
+    """β, once checked; one shape for every log-prob tensor, every value finite.
+
+    The errors name the tensor.
+    """
     check_same_shape(**logps)
     for name, tensor in logps.items():
         check_finite(name, tensor.detach())
@@ -52,9 +52,11 @@ def dpo_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """Mean preference loss over a batch of pairs, and TRL-named metrics. Each log-prob tensor is
     (pairs,), summed over a response; ``label_smoothing`` ε turns the sigmoid loss into cDPO."""
-    beta = _check_loss_arguments(beta, loss_type, label_smoothing, policy_chosen_logps=policy_chosen_logps,
+    beta = _check_loss_arguments(beta, loss_type, label_smoothing,
+                                 policy_chosen_logps=policy_chosen_logps,
                                  policy_rejected_logps=policy_rejected_logps,
-                                 ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
+                                 ref_chosen_logps=ref_chosen_logps,
+                                 ref_rejected_logps=ref_rejected_logps)
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π_θ(y_w|x) / π_ref(y_w|x)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π_θ(y_l|x) / π_ref(y_l|x)
     u = chosen_logratios - rejected_logratios
@@ -97,9 +99,10 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tens
 
 # --- PPO (Schulman et al., 2017), per response token ----------------------------------------------
 #
-# Both losses are averaged over the response tokens of a minibatch (``mask`` = 1 there, 0 on the prompt's
-# pads and after EOS), as TRL's PPO and lm-human-preferences do. Both take the pessimistic (larger) of an
-# unclipped and a clipped term, so a step never gains by moving far from the rollout's π_old and V_old.
+# Both losses are averaged over the response tokens of a minibatch (``mask`` = 1 there, 0 on the
+# prompt's pads and after EOS), as TRL's PPO and lm-human-preferences do. Both take the pessimistic
+# (larger) of an unclipped and a clipped term, so a step never gains by moving far from the
+# rollout's π_old and V_old.
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -110,20 +113,18 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                     cliprange: float = 0.2) -> tuple[Tensor, dict[str, float]]:
-    """PPO's clipped surrogate (Schulman et al., 2017, Eq. 7), as a loss to minimise:
+    """PPO's clipped surrogate (Schulman et al., 2017, Eq. 7) as a loss; ρ_t = π_θ(y_t)/π_old(y_t):
 
-        ρ_t = π_θ(y_t) / π_old(y_t) = exp(log π_θ(y_t) − log π_old(y_t))
         L^CLIP = E_t[ max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε)) ]
-
-    Metrics: ``policy/clipfrac`` (tokens where the clipped term is the larger), ``policy/approxkl``
-    (½ E_t[(log ρ_t)²], TRL's estimate of KL(π_old ‖ π_θ)) and ``val/ratio`` (E_t[ρ_t]).
+    Metrics: ``policy/clipfrac``, ``policy/approxkl`` (½ E_t[(log ρ_t)²]), ``val/ratio`` (E_t[ρ_t]).
     """
     check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     check_positive("cliprange", cliprange)
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)  # ρ_t
     unclipped = -advantages * ratio  # −A ρ
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)  # −A clip(ρ, 1 − ε, 1 + ε)
+    # −A clip(ρ, 1 − ε, 1 + ε)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)  # the pessimistic bound
     metrics = {
         "policy/clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
@@ -135,17 +136,15 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
 
 def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
                    cliprange_value: float = 0.2) -> tuple[Tensor, dict[str, float]]:
-    """Clipped value loss (OpenAI baselines; Huang et al., 2023, as lm-human-preferences and TRL):
+    """Clipped value loss (Huang et al., 2023; as TRL); R_t the rollout's returns, ε_v the clip:
 
-        V^clip_t = V_old,t + clip(V_t − V_old,t, −ε_v, ε_v)
-        L^V = ½ E_t[ max((V_t − R_t)², (V^clip_t − R_t)²) ]
-
-    where R_t = A_t + V_old,t are the returns of the rollout. Metrics: ``val/clipfrac`` (tokens where the
-    clipped error is the larger), ``val/vpred`` (E_t[V_t]) and ``val/error`` (E_t[(V_t − R_t)²]).
+        L^V = ½ E_t[ max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, ±ε_v) − R_t)²) ]
+    Metrics: ``val/clipfrac``, ``val/vpred`` (E_t[V_t]), ``val/error`` (E_t[(V_t − R_t)²]).
     """
     check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
     check_positive("cliprange_value", cliprange_value)
-    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)  # V^clip
+    # V^clip = V_old + clip(V − V_old, −ε_v, ε_v)
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped_error = (values - returns) ** 2  # (V − R)²
     clipped_error = (clipped - returns) ** 2  # (V^clip − R)²
     loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)

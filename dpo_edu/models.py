@@ -2,9 +2,9 @@
 
     log π(y|x) = Σ_t log π(y_t | x, y_<t)        over the RESPONSE tokens only, in float32
 
-The tiny GPT-2 of ``ci``/``cpu`` is built here and read back through ``from_pretrained``, as ``gpt2``
-is from the Hub. The traps (pad ≠ EOS, left padding, the prompt/response boundary, float32,
-temperature) are handled where the comments say: docs/notes.md#models.
+The tiny GPT-2 of ``ci``/``cpu`` is built here and read back through ``from_pretrained``, as
+``gpt2`` is from the Hub. The traps (pad ≠ EOS, left padding, the prompt/response boundary,
+float32, temperature) are handled where the comments say: docs/notes.md#models.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class ModelConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.name == "tiny" and not self.random_init:
-            raise ValueError("random_init must be True for model 'tiny': it has no pretrained weights")
+            raise ValueError("random_init must be True for model 'tiny': "
+                             "it has no pretrained weights")
         if not isinstance(getattr(torch, str(self.dtype), None), torch.dtype):
             raise ValueError(f"dtype must name a torch dtype such as 'float32', got {self.dtype!r}")
 
@@ -62,8 +63,9 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int, save_dir=None, model_max_length: int = 1024):
-    """A byte-level BPE (GPT-2's scheme) trained on ``texts``, wrapped as a transformers tokenizer."""
+def train_tokenizer(texts: Sequence[str], vocab_size: int, save_dir=None,
+                    model_max_length: int = 1024):
+    """A byte-level BPE (GPT-2's scheme) trained on ``texts``, as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -72,7 +74,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, save_dir=None, model_
     if vocab_size < 258:
         raise ValueError(f"vocab_size must be ≥ 258 (256 bytes + EOS + pad), got {vocab_size}")
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # bytes, so no unknown token
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # bytes: no unknown token
     bpe.decoder = decoders.ByteLevel()
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -86,10 +88,11 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, save_dir=None, model_
         tokenizer_object=bpe,
         eos_token=EOS_TOKEN,
         bos_token=EOS_TOKEN,  # as GPT-2: <|endoftext|> also opens a text
-        # pad ≠ EOS: if pad were EOS, every mask built from `ids != pad_token_id` would also hide the real
-        # EOS tokens, and a model trained with it never learns to stop.
+        # pad ≠ EOS: if pad were EOS, every mask built from `ids != pad_token_id` would also hide
+        # the real EOS tokens, and a model trained with it never learns to stop.
         pad_token=PAD_TOKEN,
-        padding_side="left",  # prompts are left-padded so that every row's last column is its last real token
+        # prompts are left-padded so that every row's last column is its last real token
+        padding_side="left",
         model_max_length=model_max_length,
     )
     if save_dir is not None:
@@ -107,7 +110,8 @@ def gpt2_config(config: ModelConfig, vocab_size: int, pad_token_id: int, eos_tok
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
-        # No dropout: then π_θ = π_ref exactly at the first step (DPO loss log 2), as TRL's disable_dropout.
+        # No dropout: then π_θ = π_ref exactly at the first step (DPO loss log 2), as TRL's
+        # disable_dropout.
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -136,10 +140,14 @@ def _set_special_ids(model, tokenizer) -> None:
 
 
 def load_local_or_hub(load, source, cache_dir):
-    """``load(source)`` for a local folder or a Hub id; offline, a Hub id fails fast with a short message."""
+    """``load(source)`` for a local folder or a Hub id.
+
+    Offline, a Hub id is looked up in the cache only and fails fast with a short message.
+    """
     if Path(source).is_dir():
         return load(source)
-    offline = not hub_reachable()  # then look in the cache only, rather than retry the Hub for half a minute
+    # offline: look in the cache only, rather than retry the Hub for half a minute
+    offline = not hub_reachable()
     try:
         return load(source, cache_dir=cache_dir, local_files_only=offline)
     except OSError:
@@ -152,27 +160,30 @@ def load_local_or_hub(load, source, cache_dir):
 
 
 def load_tokenizer(source, cache_dir=None):
-    """The tokenizer saved in a folder or on the Hub (``"gpt2"``), with a pad token distinct from EOS."""
+    """The tokenizer of a folder or the Hub (``"gpt2"``), with a pad token distinct from EOS."""
     from transformers import AutoTokenizer
 
     tokenizer = load_local_or_hub(AutoTokenizer.from_pretrained, str(source), cache_dir)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        # pad ≠ EOS: gpt2 ships no pad token; the common fix `pad = eos` hides every real EOS (see above).
+        # pad ≠ EOS: gpt2 ships no pad token; the common fix `pad = eos` hides every real EOS
+        # (see above).
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.padding_side = "left"
     return tokenizer
 
 
-def load_policy(source, tokenizer=None, device: str = "cpu", dtype: str = "float32", cache_dir=None):
-    """A causal LM from a folder or the Hub, its embeddings grown to the tokenizer's vocabulary (the new pad)."""
+def load_policy(source, tokenizer=None, device: str = "cpu", dtype: str = "float32",
+                cache_dir=None):
+    """A causal LM from a folder or the Hub, its embeddings grown to the tokenizer's vocabulary."""
     from transformers import AutoModelForCausalLM
 
     if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
-        raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
+        raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', "
+                         f"got {dtype!r}")
     model = load_local_or_hub(AutoModelForCausalLM.from_pretrained, str(source), cache_dir)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source, cache_dir)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))  # gpt2 + <|pad|>: one more row (never predicted)
+        model.resize_token_embeddings(len(tokenizer))  # gpt2 + <|pad|>: a row never predicted
     _set_special_ids(model, tokenizer)
     return model.to(device=device, dtype=getattr(torch, dtype))
 
@@ -184,7 +195,7 @@ def load_pretrained(source, device: str = "cpu", dtype: str = "float32", cache_d
 
 
 def save_policy(model, tokenizer, save_dir) -> Path:
-    """Model and tokenizer into one folder, readable by ``load_pretrained`` (and by transformers)."""
+    """Model and tokenizer into one folder, read by ``load_pretrained`` (and by transformers)."""
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(save_dir)
@@ -193,8 +204,11 @@ def save_policy(model, tokenizer, save_dir) -> Path:
 
 
 def init_policy(config: ModelConfig, texts: Sequence[str], save_dir, seed: int = 0, cache_dir=None):
-    """``(policy, tokenizer)`` before SFT: the Hub's pretrained model, or (``random_init``) a tokenizer
-    trained on ``texts`` and random weights, saved in ``save_dir`` and read back as the Hub's are."""
+    """``(policy, tokenizer)`` before SFT: the Hub's pretrained model, or random weights.
+
+    With ``random_init``: a tokenizer trained on ``texts`` and random weights, saved in
+    ``save_dir`` and read back as the Hub's are.
+    """
     if not config.random_init:
         return load_pretrained(config.name, config.device, config.dtype, cache_dir)
     tokenizer = train_tokenizer(texts, config.vocab_size, model_max_length=config.n_positions)
@@ -204,30 +218,32 @@ def init_policy(config: ModelConfig, texts: Sequence[str], save_dir, seed: int =
 
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Position of each token among the real ones of its row (pads get 0)."""
-    # Left padding: in "<pad> <pad> The movie", "The" must sit at position 0 as if unpadded; GPT-2's default
-    # arange would put it at 2 and change every logit (its position embeddings are absolute).
-    # cumsum − 1 counts the real tokens so far; pads before the first get −1, clamped to 0 (they are masked).
+    # Left padding: in "<pad> <pad> The movie", "The" must sit at position 0 as if unpadded;
+    # GPT-2's default arange would put it at 2 and change every logit (its position embeddings are
+    # absolute). cumsum − 1 counts the real tokens so far; pads before the first get −1, clamped
+    # to 0 (they are masked).
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def token_ids(tokenizer, item) -> list[int]:
     """Token ids of a text; a sequence of ids (a sampled completion) passes through unchanged."""
-    return tokenizer(item, add_special_tokens=False)["input_ids"] if isinstance(item, str) else list(item)
+    return (tokenizer(item, add_special_tokens=False)["input_ids"] if isinstance(item, str)
+            else list(item))
 
 
-def encode_pairs(tokenizer, prompts: Sequence, responses: Sequence, append_eos: bool = False) -> dict[str, Tensor]:
+def encode_pairs(tokenizer, prompts: Sequence, responses: Sequence,
+                 append_eos: bool = False) -> dict[str, Tensor]:
     """One batch of (prompt, response) rows: ``[pads, prompt | response, pads]``.
 
-    Prompts are left-padded to a common width and responses right-padded after them, so every response
-    starts in the same column. ``response_mask`` is 1 on response tokens. For DPO, chosen and rejected
-    share one forward pass: ``encode_pairs(tok, prompts + prompts, chosen + rejected)``.
-    Texts or lists of ids are accepted; prompt and response are tokenized separately, so the tokens scored
-    are exactly the response's own (tokenizing "The mov" + "ie" together would merge across the boundary).
+    Prompts are left-padded, responses right-padded after them, so every response starts in one
+    column; ``response_mask`` is 1 on response tokens. Texts or lists of ids, tokenized apart.
     """
     if len(prompts) != len(responses):
-        raise ValueError(f"prompts and responses must have the same length, got {len(prompts)} and {len(responses)}")
+        raise ValueError(f"prompts and responses must have the same length, "
+                         f"got {len(prompts)} and {len(responses)}")
     prompt_ids = [token_ids(tokenizer, p) for p in prompts]
-    response_ids = [token_ids(tokenizer, r) + ([tokenizer.eos_token_id] if append_eos else []) for r in responses]
+    response_ids = [token_ids(tokenizer, r) + ([tokenizer.eos_token_id] if append_eos else [])
+                    for r in responses]
     for i, ids in enumerate(prompt_ids):
         if not ids:  # the first response token needs a prompt position whose logits predict it
             raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
@@ -248,7 +264,7 @@ def encode_pairs(tokenizer, prompts: Sequence, responses: Sequence, append_eos: 
 
 
 class TokenLogps(NamedTuple):
-    """Per-token scores of a batch's responses; column t of an (B, L − 1) tensor predicts token t + 1."""
+    """Per-token scores of responses; column t of a (B, L − 1) tensor is for token t + 1."""
 
     logps: Tensor  # (B, L − 1) log π_T(token t + 1 | tokens ≤ t) at response tokens, 0 elsewhere
     mask: Tensor  # (B, L − 1) bool: the columns that predict a response token (EOS included)
@@ -264,32 +280,37 @@ class TokenLogps(NamedTuple):
 
 def response_logps(model, batch: dict[str, Tensor], temperature: float = 1.0, value_head=None,
                    entropy: bool = False, dists: bool = False) -> TokenLogps:
-    """log π_T(y_t | x, y_<t) of every response token of an ``encode_pairs``-style batch, in float32.
+    """log π_T(y_t | x, y_<t) of each response token of an ``encode_pairs``-style batch, in float32.
 
     Prompt and padding are masked, EOS is scored when it is in the response; positions come from the
     attention mask, so any padding works. The LM head runs only where a response token is predicted.
     """
     ids, attention, response = (batch[k] for k in ("input_ids", "attention_mask", "response_mask"))
     if not (ids.shape == attention.shape == response.shape):
-        raise ValueError(f"input_ids {tuple(ids.shape)}, attention_mask {tuple(attention.shape)} and "
-                         f"response_mask {tuple(response.shape)} must have the same shape")
+        raise ValueError(f"input_ids {tuple(ids.shape)}, attention_mask {tuple(attention.shape)} "
+                         f"and response_mask {tuple(response.shape)} must have the same shape")
     if response[:, 0].any():
-        raise ValueError("response_mask marks column 0, but no logits predict the first token of a row")
+        raise ValueError("response_mask marks column 0, but no logits predict the first token "
+                         "of a row")
     if (response.bool() & ~attention.bool()).any():
         raise ValueError("response_mask marks tokens that attention_mask hides")
     device = model.get_input_embeddings().weight.device
     ids, attention, response = ids.to(device), attention.to(device), response.to(device)
+    # (B, L, H): the last hidden state at every position
     hidden = model.base_model(input_ids=ids, attention_mask=attention,
-                              position_ids=position_ids_from_mask(attention)).last_hidden_state  # (B, L, H)
-    scored = response[:, 1:].bool()  # (B, L − 1): the boundary, the hidden state at t predicts t + 1
+                              position_ids=position_ids_from_mask(attention)).last_hidden_state
+    scored = response[:, 1:].bool()  # (B, L − 1): the boundary, the state at t predicts t + 1
     states = hidden[:, :-1][scored]  # (N, H), N response tokens in the batch
-    # float32: a log-softmax over 50k tokens in bfloat16 keeps ~3 digits, too few for DPO's log-ratios
-    logits = model.get_output_embeddings()(states).float() / check_positive("temperature", temperature)
+    # float32: a 50k-token log-softmax in bfloat16 keeps ~3 digits, too few for DPO's log-ratios
+    logits = (model.get_output_embeddings()(states).float()
+              / check_positive("temperature", temperature))
     normaliser = logits.logsumexp(-1)  # (N,)
-    token = logits.gather(-1, ids[:, 1:][scored][:, None]).squeeze(-1) - normaliser  # log softmax at y_t
+    # log softmax at y_t
+    token = logits.gather(-1, ids[:, 1:][scored][:, None]).squeeze(-1) - normaliser
 
     def spread(per_token: Tensor) -> Tensor:  # (N,) → (B, L − 1), zeros off the response
-        return torch.zeros(scored.shape, device=device, dtype=per_token.dtype).masked_scatter(scored, per_token)
+        return torch.zeros(scored.shape, device=device,
+                           dtype=per_token.dtype).masked_scatter(scored, per_token)
 
     entropies = None
     if entropy:
@@ -297,4 +318,5 @@ def response_logps(model, batch: dict[str, Tensor], temperature: float = 1.0, va
             log_dist = logits - normaliser[:, None]
             entropies = spread(-(log_dist.exp() * log_dist).sum(-1))  # H_t = −Σ_v π_T(v) log π_T(v)
     values = None if value_head is None else spread(value_head(states))  # V(x, y_<t)
-    return TokenLogps(spread(token), scored, entropies, values, logits - normaliser[:, None] if dists else None)
+    return TokenLogps(spread(token), scored, entropies, values,
+                      logits - normaliser[:, None] if dists else None)

@@ -71,9 +71,10 @@ def reference_policy(preset: Preset, run_dir, seed: int = 0, callback=None) -> R
 
     def build(folder: Path) -> None:
         train, held_out = imdb_splits(preset, seed)
-        policy, tokenizer = models.init_policy(preset.model, [r.text for r in train], folder / "init",
-                                               seed=seed)
-        _, metrics = train_sft(policy, tokenizer, [r.text for r in train], replace(preset.sft, seed=seed),
+        policy, tokenizer = models.init_policy(preset.model, [r.text for r in train],
+                                               folder / "init", seed=seed)
+        _, metrics = train_sft(policy, tokenizer, [r.text for r in train],
+                               replace(preset.sft, seed=seed),
                                callback=callback, checkpoint_dir=folder / CHECKPOINT,
                                eval_texts=[r.text for r in held_out[:SFT_EVAL_TEXTS]])
         models.save_policy(policy, tokenizer, folder)
@@ -86,13 +87,14 @@ def reference_policy(preset: Preset, run_dir, seed: int = 0, callback=None) -> R
 
 
 def ground_truth_reward(preset: Preset, run_dir, seed: int = 0) -> SentimentReward:
-    """p(positive | text): a Hub classifier, or ``tfidf`` trained on IMDb labels in ``run_dir/sentiment``."""
+    """p(positive | text): a Hub classifier, or ``tfidf`` fit on IMDb in ``run_dir/sentiment``."""
     config = preset.ground_truth
     if config.classifier != TFIDF:
         return make_reward(config.classifier, device=preset.model.device)
     settings = {"ground_truth": asdict(config), "seed": seed}
     done = stage(Path(run_dir) / "sentiment", settings,
-                 lambda folder: make_reward(TFIDF, n_reviews=config.reviews, seed=seed).save(folder),
+                 lambda folder: make_reward(TFIDF, n_reviews=config.reviews,
+                                            seed=seed).save(folder),
                  "ground-truth reward")
     return TfidfSentiment.load(done.folder)
 
@@ -100,11 +102,13 @@ def ground_truth_reward(preset: Preset, run_dir, seed: int = 0) -> SentimentRewa
 def pair_prompts(tokenizer, reviews: Sequence[data.Review], n: int, seed: int = 0) -> list[str]:
     """``n`` prompts: 2–8 token prefixes of ``reviews`` (paper §6.1); skipped texts are reported."""
     # 8 tokens never need more than the first 200 characters; longer texts only slow the tokenizer
-    prompts, report = data.make_prompts([r.text[:200] for r in reviews[: n * 2]], tokenizer, seed=seed)
+    prompts, report = data.make_prompts([r.text[:200] for r in reviews[: n * 2]], tokenizer,
+                                        seed=seed)
     if report.skipped or report.truncated:
         print(report)
     if len(prompts) < n:
-        raise ValueError(f"only {len(prompts)} usable prompts for the {n} asked; raise data.reviews")
+        raise ValueError(f"only {len(prompts)} usable prompts for the {n} asked; "
+                         "raise data.reviews")
     return prompts[:n]
 
 
@@ -116,7 +120,7 @@ def eval_prompts(preset: Preset, tokenizer, n: int, seed: int = 0) -> list[str]:
 
 def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentReward,
                      seed: int = 0) -> Pairs:
-    """π_ref's samples of training-review prefixes (``samples/``), every pair labelled (``pairs/``)."""
+    """π_ref's samples of training prefixes (``samples/``), every pair labelled (``pairs/``)."""
     run_dir, config = Path(run_dir), preset.pairs
     train, _ = imdb_splits(preset, seed)
     prompts = pair_prompts(ref.tokenizer, train, config.prompts, seed)
@@ -125,8 +129,9 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
                 "generation": asdict(preset.generation)}
 
     def sample(folder: Path) -> None:
-        completions = preferences.sample_completions(ref.policy, ref.tokenizer, prompts, config.completions,
-                                                     preset.generation, seed, config.batch_size)
+        completions = preferences.sample_completions(ref.policy, ref.tokenizer, prompts,
+                                                     config.completions, preset.generation, seed,
+                                                     config.batch_size)
         data.save_jsonl([{"prompt": p, "completions": c} for p, c in zip(prompts, completions)],
                         folder / SAMPLES)
 
@@ -140,14 +145,17 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
             [r["prompt"] for r in rows], [r["completions"] for r in rows], reward)
         data.save_jsonl(pairs, folder / "pairs.jsonl")
         data.save_jsonl(scored, folder / "scored.jsonl")
-        (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=1), encoding="utf-8")
+        (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=1),
+                                             encoding="utf-8")
 
     done = stage(run_dir / "pairs", labelling, label, "preference pairs")
     pairs = preferences.validate_pairs(data.load_jsonl(done.folder / "pairs.jsonl"))
-    summary = preferences.PreferenceSummary(**json.loads((done.folder / "summary.json").read_text()))
+    summary = preferences.PreferenceSummary(
+        **json.loads((done.folder / "summary.json").read_text()))
     print(summary)
     train_pairs, eval_pairs = preferences.split_by_prompt(pairs, config.eval_prompts, seed=seed)
-    return Pairs(train_pairs, eval_pairs, data.load_jsonl(done.folder / "scored.jsonl"), summary, done)
+    return Pairs(train_pairs, eval_pairs, data.load_jsonl(done.folder / "scored.jsonl"), summary,
+                 done)
 
 
 def _trained(done: Stage, model=None) -> Trained:
@@ -172,15 +180,18 @@ def reward_model(preset: Preset, run_dir, ref: Reference, pairs: Pairs, seed: in
     settings = {"pairs": pairs.stage.settings, "reward_model": result_settings(config)}
 
     def build(folder: Path) -> None:
-        model = RewardModel.from_policy(ref.stage.folder, ref.tokenizer, seed=seed).to(preset.model.device)
+        model = RewardModel.from_policy(ref.stage.folder, ref.tokenizer,
+                                        seed=seed).to(preset.model.device)
         with CostMeter(model) as cost:  # RLHF's cost, with the small held-out pair check
-            _, metrics = train_reward_model(model, ref.tokenizer, pairs.train, config, callback=callback,
-                                            eval_pairs=pairs.eval, checkpoint_dir=folder / CHECKPOINT)
+            _, metrics = train_reward_model(model, ref.tokenizer, pairs.train, config,
+                                            callback=callback, eval_pairs=pairs.eval,
+                                            checkpoint_dir=folder / CHECKPOINT)
         model.save_pretrained(folder)
         _save_trained(folder, metrics, cost)
 
     done = stage(Path(run_dir) / "reward_model", settings, build, "reward model")
-    return _trained(done, RewardModel.from_pretrained(done.folder, device=preset.model.device).eval())
+    return _trained(done,
+                    RewardModel.from_pretrained(done.folder, device=preset.model.device).eval())
 
 
 def _uncounted(evaluate, cost: CostMeter):
@@ -207,7 +218,7 @@ def _run_settings(preset: Preset, prompts, reward, seed: int) -> dict:
 
 def dpo_run(preset: Preset, run_dir, ref: Reference, pairs: Pairs, reward, prompts: Sequence[str],
             beta: float, seed: int = 0, n_evals: int = 3, callback=None) -> Trained:
-    """One DPO run from π_ref at ``beta``, evaluated ``n_evals`` times on ``prompts``; in ``dpo/beta_*``.
+    """One DPO run from π_ref at ``beta``, evaluated ``n_evals`` times on ``prompts`` (dpo/beta_*).
 
     Its cost counts the reference precompute and training, not the evaluations.
     """
@@ -220,31 +231,37 @@ def dpo_run(preset: Preset, run_dir, ref: Reference, pairs: Pairs, reward, promp
         load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
         policy, ref_model = (models.load_policy(ref.stage.folder, **load) for _ in range(2))
         # π_ref is read from its folder at each evaluation: no second model in memory while training
-        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref.stage.folder, preset.generation,
-                                seed=seed, batch_size=max(len(prompts), 1))
+        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref.stage.folder,
+                                preset.generation, seed=seed, batch_size=max(len(prompts), 1))
         with CostMeter(policy, ref_model) as cost:
-            train_pairs, report = dpo.precompute_reference_logps(ref_model, ref.tokenizer, pairs.train, config)
+            train_pairs, report = dpo.precompute_reference_logps(ref_model, ref.tokenizer,
+                                                                 pairs.train, config)
             del ref_model  # log π_ref of every pair is stored: the reference is no longer needed
-            _, metrics = dpo.train_dpo(policy, ref.tokenizer, train_pairs, config, callback=callback,
-                                       eval_fn=_uncounted(evaluate, cost), checkpoint_dir=folder / CHECKPOINT)
+            _, metrics = dpo.train_dpo(policy, ref.tokenizer, train_pairs, config,
+                                       callback=callback, eval_fn=_uncounted(evaluate, cost),
+                                       checkpoint_dir=folder / CHECKPOINT)
         _save_trained(folder, metrics, cost, evaluate.samples)
 
-    return _trained(stage(Path(run_dir) / "dpo" / f"beta_{beta:g}", settings, build, f"DPO β={beta:g}"))
+    return _trained(stage(Path(run_dir) / "dpo" / f"beta_{beta:g}", settings, build,
+                          f"DPO β={beta:g}"))
 
 
 def ppo_run(preset: Preset, run_dir, ref: Reference, reward, prompts: Sequence[str],
-            train_prompts: Sequence[str], target_kl: float | None, reward_model: Trained | None = None,
-            ground_truth: bool = False, seed: int = 0, n_evals: int = 3, callback=None) -> Trained:
-    """One PPO run from π_ref against ``reward_model`` (or, ``ground_truth=True``, the true ``reward``:
-    PPO-GT), steering the KL toward ``target_kl`` (None: a fixed β); in ``ppo/`` or ``ppo_gt/``.
+            train_prompts: Sequence[str], target_kl: float | None,
+            reward_model: Trained | None = None, ground_truth: bool = False, seed: int = 0,
+            n_evals: int = 3, callback=None) -> Trained:
+    """One PPO run from π_ref against ``reward_model``, or (PPO-GT) the true ``reward``.
 
-    Its cost counts rollouts and updates, not the evaluations.
+    ``ground_truth=True`` for PPO-GT; KL steered toward ``target_kl`` (None: fixed β); in ``ppo/``
+    or ``ppo_gt/``. Its cost counts rollouts and updates, not the evaluations.
     """
     if (reward_model is None) != ground_truth:
-        raise ValueError("give reward_model for RLHF, or ground_truth=True (and no reward model) for PPO-GT")
+        raise ValueError("give reward_model for RLHF, "
+                         "or ground_truth=True (and no reward model) for PPO-GT")
     config = replace(preset.ppo, target_kl=target_kl, seed=seed)
     config = replace(config, eval_every=eval_every(config.total_steps(len(train_prompts)), n_evals))
-    settings = {"sft": ref.stage.settings, "reward_model": None if ground_truth else reward_model.stage.settings,
+    settings = {"sft": ref.stage.settings,
+                "reward_model": None if ground_truth else reward_model.stage.settings,
                 "ppo": result_settings(config), "train_prompts": fingerprint(list(train_prompts)),
                 **_run_settings(preset, prompts, reward, seed)}  # PPO-GT trains on the reward
 
@@ -252,14 +269,16 @@ def ppo_run(preset: Preset, run_dir, ref: Reference, reward, prompts: Sequence[s
         load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
         policy, ref_model = (models.load_policy(ref.stage.folder, **load) for _ in range(2))
         score = reward if ground_truth else reward_model.model
-        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref_model.eval(), preset.generation,
-                                seed=seed, batch_size=max(len(prompts), 1))
+        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref_model.eval(),
+                                preset.generation, seed=seed, batch_size=max(len(prompts), 1))
         with CostMeter(policy, ref_model, *([] if ground_truth else [score])) as cost:
-            _, metrics = ppo.train_ppo(policy, ref_model, ref.tokenizer, train_prompts, score, config,
-                                       preset.generation, callback=callback,
-                                       eval_fn=_uncounted(evaluate, cost), checkpoint_dir=folder / CHECKPOINT)
+            _, metrics = ppo.train_ppo(policy, ref_model, ref.tokenizer, train_prompts, score,
+                                       config, preset.generation, callback=callback,
+                                       eval_fn=_uncounted(evaluate, cost),
+                                       checkpoint_dir=folder / CHECKPOINT)
         _save_trained(folder, metrics, cost, evaluate.samples)
 
-    name = ("ppo_gt" if ground_truth else "ppo") + (f"/target_{target_kl:g}" if target_kl is not None else "/fixed")
+    name = (("ppo_gt" if ground_truth else "ppo")
+            + (f"/target_{target_kl:g}" if target_kl is not None else "/fixed"))
     label = f"PPO{'-GT' if ground_truth else ''} target KL={target_kl}"
     return _trained(stage(Path(run_dir) / name, settings, build, label))

@@ -1,8 +1,8 @@
 """Figures for the course: pure functions that take numbers and return a matplotlib Figure.
 
-They run no experiment (at most an exact formula from ``toy``) and never touch global pyplot state (``Figure()`` rather
-than ``plt.figure()``), so a notebook can show one, a widget can redraw one, and a test can
-inspect one. The explorers in ``widgets`` call these.
+They run no experiment (at most an exact formula from ``toy``) and never touch global pyplot
+state (``Figure()`` rather than ``plt.figure()``), so a notebook can show one, a widget can redraw
+one, and a test can inspect one. The explorers in ``widgets`` call these.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
 
 
 def plot_bt_recovery(recovery: Recovery) -> Figure:
-    """Fitted against hidden rewards, both centred: on the diagonal means recovered up to a shift."""
+    """Fitted against hidden rewards, both centred: on the diagonal = recovered up to a shift."""
     fig, (ax,) = _figure()
     true = (recovery.true - recovery.true.mean()).numpy()
     fitted = recovery.fitted.numpy()
@@ -41,18 +41,21 @@ def plot_bt_recovery(recovery: Recovery) -> Figure:
 
 
 def plot_bt_error_curve(counts, errors) -> Figure:
-    """Recovery error against the number of comparisons (log–log), with the 1/√n slope for reference."""
+    """Recovery error against the number of comparisons (log–log), with a 1/√n slope beside it."""
     fig, (ax,) = _figure()
     counts, errors = np.asarray(counts, dtype=float), np.asarray(errors, dtype=float)
     ax.loglog(counts, errors, "o-", label="median RMS error")
-    ax.loglog(counts, errors[0] * np.sqrt(counts[0] / counts), color="gray", ls="--", label=r"$\propto 1/\sqrt{n}$")
-    ax.set(xlabel="comparisons n", ylabel="RMS error (centred)", title="Bradley–Terry MLE: error shrinks with data")
+    ax.loglog(counts, errors[0] * np.sqrt(counts[0] / counts), color="gray", ls="--",
+              label=r"$\propto 1/\sqrt{n}$")
+    ax.set(xlabel="comparisons n", ylabel="RMS error (centred)",
+           title="Bradley–Terry MLE: error shrinks with data")
     ax.legend()
     return fig
 
 
 def plot_optimal_policy(ref: Tensor, reward: Tensor, beta: float, betas: Tensor) -> Figure:
-    """Left: π_ref, π* and r for one prompt. Right: the exact reward–KL curve over ``betas``, current β marked."""
+    """Left: π_ref, π* and r for one prompt. Right: the exact reward–KL curve over ``betas``, with
+    the current β marked."""
     bandit = toy.Bandit(ref=ref[None], reward=reward[None])
     pi_star = toy.optimal_policy(bandit.ref, bandit.reward, beta)
     curve_kl, curve_reward = toy.reward_kl_curve(bandit, betas)
@@ -60,23 +63,28 @@ def plot_optimal_policy(ref: Tensor, reward: Tensor, beta: float, betas: Tensor)
     y = np.arange(bandit.n_responses)
     left.bar(y - 0.2, ref.numpy(), width=0.4, label=r"$\pi_{ref}$", color="tab:gray")
     left.bar(y + 0.2, pi_star[0].numpy(), width=0.4, label=r"$\pi^*$", color="tab:blue")
-    left.set(xlabel="response y", ylabel="probability", ylim=(0, 1), title=rf"$\beta$ = {beta:.3g}")
+    left.set(xlabel="response y", ylabel="probability", ylim=(0, 1),
+             title=rf"$\beta$ = {beta:.3g}")
     left.set_xticks(y)
     twin = left.twinx()
     twin.plot(y, reward.numpy(), "D", color="tab:red", label="r(y)")
     twin.set_ylabel("reward r(y)", color="tab:red")
     handles = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     left.legend(handles=handles, loc="upper left")
-    right.plot(curve_kl.numpy(), curve_reward.numpy(), color="tab:blue", label=r"$\pi^*_\beta$ as $\beta$ varies")
-    kl, expected = toy.kl_divergence(pi_star, bandit.ref).item(), toy.expected_reward(pi_star, bandit.reward).item()
+    right.plot(curve_kl.numpy(), curve_reward.numpy(), color="tab:blue",
+               label=r"$\pi^*_\beta$ as $\beta$ varies")
+    kl, expected = (toy.kl_divergence(pi_star, bandit.ref).item(),
+                    toy.expected_reward(pi_star, bandit.reward).item())
     right.plot([kl], [expected], "o", color="tab:orange", ms=10, label=rf"$\beta$ = {beta:.3g}")
-    right.set(xlabel=r"KL($\pi^*$ ‖ $\pi_{ref}$)", ylabel=r"E$_{\pi^*}$[r]", title="The reward–KL frontier")
+    right.set(xlabel=r"KL($\pi^*$ ‖ $\pi_{ref}$)", ylabel=r"E$_{\pi^*}$[r]",
+              title="The reward–KL frontier")
     right.legend(loc="lower right")
     return fig
 
 
-def plot_convergence(histories: dict[str, list[float]], ylabel: str, title: str, log_y: bool = True) -> Figure:
-    """Curves by name over training steps (e.g. max |π − π*| per trainer), on a log y axis by default."""
+def plot_convergence(histories: dict[str, list[float]], ylabel: str, title: str,
+                     log_y: bool = True) -> Figure:
+    """Curves by name over training steps (e.g. max |π − π*| per trainer); log y axis by default."""
     fig, (ax,) = _figure(width=6)
     for name, values in histories.items():
         ax.plot(np.arange(1, len(values) + 1), values, label=name)
@@ -88,29 +96,36 @@ def plot_convergence(histories: dict[str, list[float]], ylabel: str, title: str,
 
 
 def plot_dpo_loss(margin: float, label_smoothing: float, span: float = 6.0) -> Figure:
-    """DPO-family losses and DPO's gradient weight as functions of the implicit-reward margin h = r̂_w − r̂_l."""
+    """DPO-family losses and DPO's gradient weight against the implicit-reward margin
+    h = r̂_w − r̂_l."""
     fig, (left, right) = _figure(ncols=2)
     h = np.linspace(-span, span, 400)
     log_sigmoid = -np.logaddexp(0.0, -h)  # log σ(h), stable
     eps = label_smoothing
     left.plot(h, -log_sigmoid, label="DPO: −log σ(h)")
-    left.plot(h, -(1 - eps) * log_sigmoid - eps * (-np.logaddexp(0.0, h)), label=f"cDPO, ε = {eps:.2f}")
-    left.plot(h, (h - 0.5) ** 2, label=r"IPO $\times\beta^2$: (h − ½)²")  # (u − 1/(2β))² with u = h/β
+    left.plot(h, -(1 - eps) * log_sigmoid - eps * (-np.logaddexp(0.0, h)),
+              label=f"cDPO, ε = {eps:.2f}")
+    # (u − 1/(2β))² with u = h/β
+    left.plot(h, (h - 0.5) ** 2, label=r"IPO $\times\beta^2$: (h − ½)²")
     left.plot(h, np.maximum(0.0, 1 - h), label="hinge: max(0, 1 − h)")
     left.axvline(margin, color="black", lw=1)
-    left.set(xlabel=r"margin h = $\hat r_w - \hat r_l$", ylabel="loss", ylim=(0, 4), title="Losses vs margin")
+    left.set(xlabel=r"margin h = $\hat r_w - \hat r_l$", ylabel="loss", ylim=(0, 4),
+             title="Losses vs margin")
     left.legend(fontsize=8)
     weight = 1 / (1 + np.exp(h))  # σ(r̂_l − r̂_w) = σ(−h)
     right.plot(h, weight, label=r"$\sigma(\hat r_l - \hat r_w)$ (paper §4)")
-    right.plot(h, 1 - weight, ls="--", color="gray", label=r"$\sigma(\hat r_w - \hat r_l)$ (appendix Eq. 21 slip)")
+    right.plot(h, 1 - weight, ls="--", color="gray",
+               label=r"$\sigma(\hat r_w - \hat r_l)$ (appendix Eq. 21 slip)")
     right.plot([margin], [1 / (1 + np.exp(margin))], "o", color="tab:orange", ms=10)
-    right.set(xlabel=r"margin h", ylabel="gradient weight", ylim=(0, 1), title="How hard DPO pushes this pair")
+    right.set(xlabel=r"margin h", ylabel="gradient weight", ylim=(0, 1),
+              title="How hard DPO pushes this pair")
     right.legend(fontsize=8)
     return fig
 
 
 def plot_implicit_reward(true_reward, implicit_reward) -> Figure:
-    """Implicit reward β log π/π_ref against the true reward, one colour per prompt: parallel lines of slope 1."""
+    """Implicit reward β log π/π_ref against the true reward, one colour per prompt: parallel lines
+    of slope 1."""
     fig, (ax,) = _figure()
     true_reward, implicit_reward = np.asarray(true_reward), np.asarray(implicit_reward)
     for x in range(true_reward.shape[0]):
@@ -127,7 +142,7 @@ def moving_average(values, window: int) -> np.ndarray:
     metric's trend. ``m_t = (v_{t−w+1} + … + v_t) / w``."""
     values = np.asarray(values, dtype=float)
     sums = np.cumsum(values)
-    sums[window:] = sums[window:] - sums[:-window]  # the right side is computed before it is stored
+    sums[window:] = sums[window:] - sums[:-window]  # the right side is computed first
     return sums / np.minimum(np.arange(1, len(values) + 1), window)
 
 
@@ -135,13 +150,8 @@ def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], t
                          smooth: int = 20) -> Figure:
     """One axis per panel; in each, every listed metric of every run against its ``step``.
 
-    ``runs`` maps a run name to its metric rows (``{"step": …, "loss": …, …}``, as the trainers log);
-    rows without a metric are skipped, so training and evaluation metrics can share one log. Curves of
-    fewer than 30 points (evaluations) get markers; a curve at least 5 × ``smooth`` points long (a per-step
-    metric over a long run, noisy batch to batch) is drawn faint, under its moving average over ``smooth``
-    steps (0 or 1: never). With several runs, a run keeps one colour in every panel and the metrics of a
-    panel differ by line style (solid, dashed, dotted), so ``logps/chosen`` and ``logps/rejected`` of one
-    run read as a pair.
+    ``runs``: run name → metric rows as the trainers log them (rows without a metric are skipped).
+    ``smooth``: long noisy curves are drawn faint under their moving average (0 or 1: never).
     """
     fig, axes = _figure(ncols=len(panels), width=4.0, height=3.2)
     styles = ["-", "--", ":", "-."]
@@ -159,7 +169,8 @@ def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], t
                     ax.plot(steps, values, marker=".", label=label, **style)
                 elif smooth > 1 and len(points) >= 5 * smooth:
                     ax.plot(steps, values, lw=0.6, alpha=0.25, **style)
-                    ax.plot(steps, moving_average(values, smooth), label=f"{label} (mean of {smooth})", **style)
+                    ax.plot(steps, moving_average(values, smooth),
+                            label=f"{label} (mean of {smooth})", **style)
                 else:
                     ax.plot(steps, values, label=label, **style)
         ax.set(xlabel="step", title=", ".join(metrics) if len(metrics) == 1 else "")
@@ -171,7 +182,7 @@ def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], t
 
 
 def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
-    """The ground-truth reward of each sampled completion of one prompt (and a reward model's score)."""
+    """The ground-truth reward of each sampled completion of one prompt (and a reward model's)."""
     fig, (ax,) = _figure(width=6)
     index = np.arange(len(rewards))
     width = 0.4 if model_scores is not None else 0.6
@@ -181,21 +192,25 @@ def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
     ax.set_xticks(index)
     if model_scores is not None:
         twin = ax.twinx()
-        twin.bar(index + width / 2, model_scores, width=width, color="tab:orange", label="reward model r_φ")
+        twin.bar(index + width / 2, model_scores, width=width, color="tab:orange",
+                 label="reward model r_φ")
         twin.set_ylabel("reward-model score", color="tab:orange")
-        ax.legend(handles=ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0], fontsize=8)
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0],
+                  fontsize=8)
     return fig
 
 
-def plot_frontier(runs: dict[str, list[dict]], reference_reward: float, highlight: str | None = None) -> Figure:
-    """The reward–KL frontier (DPO paper, Fig. 2): every evaluation of every run, ground-truth reward
-    ``eval/reward`` against sequence KL ``eval/kl`` on held-out prompts. Runs whose name starts with
-    "DPO" are drawn in blues, the others (PPO) in oranges; ``highlight`` is drawn larger."""
+def plot_frontier(runs: dict[str, list[dict]], reference_reward: float,
+                  highlight: str | None = None) -> Figure:
+    """The reward–KL frontier (DPO paper, Fig. 2): ``eval/reward`` against ``eval/kl`` of every
+    evaluation of every run. Runs named "DPO…" are drawn in blues, the others (PPO) in oranges;
+    ``highlight`` is drawn larger."""
     from matplotlib import colormaps
 
     fig, (ax,) = _figure(width=6.5, height=4.2)
     families = {"DPO": colormaps["Blues"], "other": colormaps["Oranges"]}
-    counts = {key: sum(name.startswith("DPO") == (key == "DPO") for name in runs) for key in families}
+    counts = {key: sum(name.startswith("DPO") == (key == "DPO") for name in runs)
+              for key in families}
     seen = dict.fromkeys(families, 0)
     for name, rows in runs.items():
         key = "DPO" if name.startswith("DPO") else "other"
@@ -205,7 +220,8 @@ def plot_frontier(runs: dict[str, list[dict]], reference_reward: float, highligh
         if points:
             kl, reward = zip(*points)
             size = 70 if name == highlight else 25
-            ax.scatter(kl, reward, s=size, color=colour, marker="o" if key == "DPO" else "s", label=name, zorder=3)
+            ax.scatter(kl, reward, s=size, color=colour, marker="o" if key == "DPO" else "s",
+                       label=name, zorder=3)
     ax.axhline(reference_reward, color="gray", ls="--", lw=1, label="π_ref (SFT)")
     ax.set(xlabel="sequence KL(π ‖ π_ref) on held-out prompts", ylabel="ground-truth reward",
            title="Reward–KL frontier")

@@ -37,12 +37,12 @@ class PPOConfig(TrainConfig):
     mini_batch_size: int = 8  # rows per optimiser step within a PPO epoch
     ppo_epochs: int = 4  # passes over each rollout, reshuffled each time (TRL's num_ppo_epochs)
     kl_coef: float = 0.1  # β of the per-token KL penalty (its first value if target_kl is set)
-    target_kl: float | None = None  # sequence KL (nats) the adaptive β steers to (Ziegler: 6); None: fixed
-    kl_horizon: int = 10_000  # the adaptive controller's horizon in episodes (Ziegler et al.: 10,000)
+    target_kl: float | None = None  # sequence KL (nats) β steers to (Ziegler: 6); None: β fixed
+    kl_horizon: int = 10_000  # the adaptive controller's horizon in episodes (as Ziegler et al.)
     gamma: float = 1.0  # discount γ; 1: the score comes once, at the end
     lam: float = 0.95  # GAE λ: 0 trusts V (bias), 1 trusts the sampled returns (variance)
     cliprange: float = 0.2  # ε: the policy ratio ρ is clipped to [1 − ε, 1 + ε]
-    cliprange_value: float = 0.2  # ε_v: a value prediction moves at most this far from its old value
+    cliprange_value: float = 0.2  # ε_v: a value prediction moves at most this far from the old one
     vf_coef: float = 0.1  # weight of the value loss (it shares the policy's trunk)
     normalize_scores: bool = True  # s̃ = (s − μ₀)/σ₀ with μ₀, σ₀ of the first rollout; False: s̃ = s
     missing_eos_penalty: float | None = None  # s̃ of a response with no EOS; None: off
@@ -67,8 +67,10 @@ class PPOConfig(TrainConfig):
 
 
 def adapt_kl_coef(kl_coef: float, kl: float, n: int, target: float | None, horizon: int) -> float:
-    """β for the next rollout: fixed without a target, else Ziegler et al.'s controller (§2.2),
-    β ← β (1 + e · n / horizon) with e = clip(KL / target − 1, −0.2, 0.2) after n episodes."""
+    """β for the next rollout: fixed without a target, else Ziegler et al.'s controller (§2.2):
+
+        β ← β (1 + e · n / horizon) with e = clip(KL / target − 1, −0.2, 0.2) after n episodes
+    """
     if target is None:
         return kl_coef
     error = min(max(kl / target - 1.0, -0.2), 0.2)
@@ -79,9 +81,9 @@ def adapt_kl_coef(kl_coef: float, kl: float, n: int, target: float | None, horiz
 
 
 def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x − mean) / std over the masked entries of the whole batch (TRL's masked_whiten); 0 elsewhere.
+    """(x − mean) / std over the masked entries of the batch (TRL's masked_whiten); 0 elsewhere.
 
-    The variance is unbiased (÷ (n − 1)); with ``shift_mean=False`` the mean is added back (scale only).
+    The variance is unbiased (÷ (n − 1)); ``shift_mean=False`` adds the mean back (scales only).
     """
     mask = mask.bool()
     n = mask.sum()
@@ -91,10 +93,11 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
     return torch.where(mask, out if shift_mean else out + mean, 0.0)
 
 
-def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation (Schulman et al., 2016) over the masked tokens: (advantages, returns).
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """``(advantages, returns)`` by GAE (Schulman et al., 2016) over the masked tokens.
 
-    Masked positions are skipped (they pass A_t+1 and V_t+1 on) and get 0; after a row's last token V = 0.
+    Masked positions are skipped (they pass A_t+1 and V_t+1 on) and get 0; V = 0 after a row's end.
     """
     if not (rewards.shape == values.shape == mask.shape):
         raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and mask "
@@ -102,26 +105,28 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     mask = mask.bool()
     advantages = torch.zeros_like(rewards)
     next_advantage = torch.zeros_like(rewards[:, 0])  # A_t+1
-    next_value = torch.zeros_like(rewards[:, 0])  # V_t+1, 0 after the last token: the episode ends there
+    next_value = torch.zeros_like(rewards[:, 0])  # V_t+1; 0 after the last token (episode's end)
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # δ_t = r_t + γ V_t+1 − V_t
         advantage = delta + gamma * lam * next_advantage  # A_t = δ_t + γλ A_t+1
         advantages[:, t] = torch.where(mask[:, t], advantage, 0.0)
         next_advantage = torch.where(mask[:, t], advantage, next_advantage)
         next_value = torch.where(mask[:, t], values[:, t], next_value)
-    return advantages, torch.where(mask, advantages + values, 0.0)  # R_t = A_t + V_t, the value target
+    # R_t = A_t + V_t, the value target
+    return advantages, torch.where(mask, advantages + values, 0.0)
 
 
 # --- policy, value head, rollout ------------------------------------------------------------------
 
 
 class ValueHead(nn.Module):
-    """V(x, y_<t) = w · h_t + b on the policy's last hidden state, in float32; w = b = 0 at the start."""
+    """V(x, y_<t) = w · h_t + b on the policy's last hidden state, float32; w = b = 0 at first."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.linear = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.linear.weight)  # V ≡ 0 and ∂V/∂h = 0: the first updates leave the trunk to the policy
+        # V ≡ 0 and ∂V/∂h = 0: the first updates leave the trunk to the policy
+        nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: Tensor) -> Tensor:
@@ -130,10 +135,13 @@ class ValueHead(nn.Module):
 
 @dataclass
 class Rollout:
-    """One batch of samples and what PPO learns from them. Per-token tensors are (rows, L − 1), as
-    ``models.response_logps`` returns them: column t scores token t + 1, 0 off the response."""
+    """One batch of samples and what PPO learns from them.
 
-    batch: dict  # (rows, L) input_ids, attention_mask, response_mask: [pads, prompt | response, pads]
+    Per-token tensors are (rows, L − 1), as ``models.response_logps`` returns them: column t scores
+    token t + 1, 0 off the response.
+    """
+
+    batch: dict  # (rows, L) input_ids, attention_mask, response_mask: [pads, x | y, pads]
     temperature: float  # T the samples were drawn at, and every log-prob of them is taken at
     mask: Tensor  # (rows, L − 1) bool: the sampled tokens, EOS included
     logprobs: Tensor  # (rows, L − 1) log π_θ(y_t) when sampled
@@ -173,9 +181,9 @@ def normalize_scores(raw: Tensor, stats: tuple[float, float] | None) -> tuple[Te
         # s̃ would be 0/0 now and ±1e8 at the first score that differs (a NaN score is named later)
         if not stats[1] > 1e-6 and torch.isfinite(raw).all():
             raise ValueError(
-                f"the first rollout's {len(raw)} score(s) have no spread (σ₀ = {stats[1]:g}), so they "
-                "cannot normalise the reward: give PPO ≥ 2 prompts a rollout and a reward that varies "
-                "on π_ref's samples, or set normalize_scores=False")
+                f"the first rollout's {len(raw)} score(s) have no spread (σ₀ = {stats[1]:g}), "
+                "so they cannot normalise the reward: give PPO ≥ 2 prompts a rollout and a reward "
+                "that varies on π_ref's samples, or set normalize_scores=False")
     return (raw - stats[0]) / (stats[1] + 1e-8), stats
 
 
@@ -185,8 +193,9 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
             score_stats: tuple[float, float] | None = None) -> Rollout:
     """Sample one completion per prompt, score it, and compute PPO's advantages (no gradients)."""
     temperature = generation.temperature  # the same T for sampling and for every log-prob below
-    texts, ids, sampled = generate(policy, tokenizer, prompts, generation.max_new_tokens, temperature,
-                                   seed=seed, batch_size=len(prompts), return_ids=True, progress=False)
+    texts, ids, sampled = generate(policy, tokenizer, prompts, generation.max_new_tokens,
+                                   temperature, seed=seed, batch_size=len(prompts),
+                                   return_ids=True, progress=False)
     responses = [row[m.bool()].tolist() for row, m in zip(ids, sampled)]  # EOS included: an action
     device = policy.get_input_embeddings().weight.device
     batch = {k: v.to(device) for k, v in encode_pairs(tokenizer, prompts, responses).items()}
@@ -194,9 +203,10 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
     for s in range(0, len(prompts), config.mini_batch_size):  # chunks: logits are (tokens, vocab)
         rows = {k: v[s : s + config.mini_batch_size] for k, v in batch.items()}
         parts.append(response_logps(policy, rows, temperature, value_head, entropy=True))
-        ref_parts.append(response_logps(ref_model, rows, temperature).logps)  # log π_ref, the same T
+        ref_parts.append(response_logps(ref_model, rows, temperature).logps)  # log π_ref, same T
     mask = torch.cat([p.mask for p in parts])
-    logprobs, entropy, values = (torch.cat([getattr(p, k) for p in parts]) for k in ("logps", "entropy", "values"))
+    logprobs, entropy, values = (torch.cat([getattr(p, k) for p in parts])
+                                 for k in ("logps", "entropy", "values"))
     ref_logprobs = torch.cat(ref_parts)
     ended = [r[-1] == tokenizer.eos_token_id for r in responses]
     raw = _scores(score_fn, tokenizer, prompts, texts, responses, ended)
@@ -209,9 +219,10 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
     has_eos = torch.tensor(ended, device=device)
     if config.missing_eos_penalty is not None:  # Huang et al.: a cut-off response scores a penalty
         scores = torch.where(has_eos, scores, float(config.missing_eos_penalty))
-    rewards = -kl_coef * torch.where(mask, logprobs - ref_logprobs, 0.0)  # r_t = −β (log π_θ − log π_ref)
+    # r_t = −β (log π_θ − log π_ref)
+    rewards = -kl_coef * torch.where(mask, logprobs - ref_logprobs, 0.0)
     last = last_token_index(mask)  # each row's last response token (its EOS, if it has one)
-    rewards[torch.arange(len(rewards), device=device), last] += scores  # + s̃(x, y) at the last token
+    rewards[torch.arange(len(rewards), device=device), last] += scores  # + s̃ at the last token
     if config.whiten_rewards:
         rewards = whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
@@ -224,7 +235,7 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
 
 def ppo_update(trainable: nn.ModuleDict, optimizer: Optimizer, roll: Rollout, config: PPOConfig,
                batch: Batch, seed: int) -> dict:
-    """``ppo_epochs`` passes of shuffled minibatches over one rollout; the minibatches' mean metrics.
+    """``ppo_epochs`` passes of shuffled minibatches over a rollout; the minibatches' mean metrics.
 
     A non-finite loss names the step, the PPO epoch, the minibatch and its prompts (``batch.rows``).
     """
@@ -235,10 +246,11 @@ def ppo_update(trainable: nn.ModuleDict, optimizer: Optimizer, roll: Rollout, co
         order = torch.randperm(n, generator=generator)
         for index, start in enumerate(range(0, n, config.mini_batch_size)):
             rows = order[start : start + config.mini_batch_size].to(roll.scores.device)
-            now = response_logps(policy, roll.rows(rows), roll.temperature, value_head, entropy=True)
+            now = response_logps(policy, roll.rows(rows), roll.temperature, value_head,
+                                 entropy=True)
             logprobs, entropy, values, mask = now.logps, now.entropy, now.values, roll.mask[rows]
-            pg_loss, pg_stats = ppo_policy_loss(logprobs, roll.logprobs[rows], roll.advantages[rows],
-                                                mask, config.cliprange)
+            pg_loss, pg_stats = ppo_policy_loss(logprobs, roll.logprobs[rows],
+                                                roll.advantages[rows], mask, config.cliprange)
             vf_loss, vf_stats = ppo_value_loss(values, roll.values[rows], roll.returns[rows], mask,
                                                config.cliprange_value)
             loss = pg_loss + config.vf_coef * vf_loss  # L = L^CLIP + c_v L^V (no entropy bonus)
@@ -262,10 +274,8 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
               eval_fn: Callable[[], dict] | None = None, value_head: ValueHead | None = None):
     """Optimise ``policy`` (in place) by PPO against ``score_fn``; returns ``(policy, metrics)``.
 
-    ``score_fn``: a ``RewardModel`` (RLHF), or any callable texts → rewards read on prompt ⊕
-    completion (PPO-GT). ``ref_model`` is π_ref, frozen; ``value_head`` (default: a new zero one) is
-    trained too. Metrics per step carry TRL's names (``objective/kl``, ``objective/scores``,
-    ``policy/clipfrac``, …); ``training.train_loop`` evaluates, calls back and checkpoints.
+    ``score_fn``: a ``RewardModel`` (RLHF) or any callable texts → rewards on prompt ⊕ completion
+    (PPO-GT). ``ref_model`` is π_ref, frozen; ``value_head`` (default: a new zero one) is trained.
     """
     config = config if config is not None else PPOConfig()
     generation = generation if generation is not None else Generation()
@@ -275,7 +285,8 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
     if not prompts or not all(isinstance(p, str) and p for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ValueError("tokenizer needs a pad token distinct from EOS (models.load_tokenizer adds one)")
+        raise ValueError("tokenizer needs a pad token distinct from EOS "
+                         "(models.load_tokenizer adds one)")
     disable_dropout(ref_model.eval())  # π_ref's log-probs: deterministic
     device = policy.get_input_embeddings().weight.device
     value_head = value_head if value_head is not None else ValueHead(policy.config.hidden_size)
@@ -283,14 +294,16 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
     state = {"kl_coef": config.kl_coef, "score_stats": None, "episodes": 0}  # resumed with the run
 
     def step(batch: Batch, optimizer: Optimizer) -> dict:
-        seed = config.seed * 1_000_003 + batch.step  # samples and shuffles depend on (seed, step) only
+        # samples and shuffles depend on (seed, step) only
+        seed = config.seed * 1_000_003 + batch.step
         kl_coef = state["kl_coef"]
         roll = rollout(policy, value_head, ref_model, tokenizer, batch.items, score_fn, config,
                        generation, kl_coef, seed, state["score_stats"])
         if not torch.isfinite(roll.raw_scores).all():
             bad = (~torch.isfinite(roll.raw_scores)).nonzero().flatten().tolist()
-            raise FloatingPointError(f"score_fn gave a non-finite score at step {batch.step + 1} for "
-                                     f"prompts {[batch.rows[i] for i in bad][:8]}: inspect the reward")
+            raise FloatingPointError(f"score_fn gave a non-finite score at step {batch.step + 1} "
+                                     f"for prompts {[batch.rows[i] for i in bad][:8]}: "
+                                     "inspect the reward")
         state["score_stats"] = roll.score_stats
         stats = ppo_update(trainable, optimizer, roll, config, batch, seed)
         sequence_kl = roll.kl.sum(1)  # Σ_t log π_θ(y_t) − log π_ref(y_t): unbiased for the KL
@@ -299,17 +312,20 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
                "objective/kl": sequence_kl.mean().item(),
                "objective/entropy": roll.entropy.sum(1).mean().item(),
                "objective/non_score_reward": (-kl_coef * sequence_kl).mean().item(),
-               "objective/rlhf_reward": (roll.scores - kl_coef * sequence_kl).mean().item(),  # E[s̃ − βKL]
+               # E[s̃ − βKL]
+               "objective/rlhf_reward": (roll.scores - kl_coef * sequence_kl).mean().item(),
                "objective/scores": roll.raw_scores.mean().item(),  # E[s], in the reward's own units
                "objective/kl_coef": kl_coef, **stats,
                "val/num_eos_tokens": int(roll.has_eos.sum()),
                "val/response_length": roll.mask.sum(1).float().mean().item()}
-        state["kl_coef"] = adapt_kl_coef(kl_coef, row["objective/kl"], len(batch.items), config.target_kl,
-                                         config.kl_horizon)  # β for the next rollout
+        # β for the next rollout
+        state["kl_coef"] = adapt_kl_coef(kl_coef, row["objective/kl"], len(batch.items),
+                                         config.target_kl, config.kl_horizon)
         return row
 
     metrics = train_loop(trainable, prompts, step, config, callback=callback,
                          checkpoint_dir=checkpoint_dir, eval_fn=eval_fn, desc="PPO", state=state,
-                         settings={"generation": asdict(generation)},  # a checkpoint's samples were these
+                         # a checkpoint's samples were drawn with these
+                         settings={"generation": asdict(generation)},
                          show=("objective/scores", "objective/kl"))
     return policy, metrics

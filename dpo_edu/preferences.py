@@ -1,8 +1,9 @@
 """Preference pairs as in the DPO paper (§6.1): k samples of π_ref per prefix, every pair labelled.
 
-A record is ``{"prompt", "chosen", "rejected"}``, TRL's explicit-prompt format (y_w, y_l without the
-prompt); extra fields travel with it. Four completions give C(4, 2) = 6 pairs per prefix, the one the
-ground truth scores higher ``chosen``: exact labels, notebook 03's deterministic preferences.
+A record is ``{"prompt", "chosen", "rejected"}``, TRL's explicit-prompt format (y_w, y_l without
+the prompt); extra fields travel with it. Four completions give C(4, 2) = 6 pairs per prefix,
+the one the ground truth scores higher ``chosen``: exact labels, notebook 03's deterministic
+preferences.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .sampling import Generation, generate
 from .validate import check_int
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")  # a record's texts (TRL's explicit-prompt format)
-# A fixed probe of the reward: its scores on these texts fingerprint any reward, a callable included.
+# A fixed probe: its scores on these texts fingerprint any reward, a callable included.
 PROBE_TEXTS = ("This movie was wonderful, I loved every minute.", "A dull, boring waste of time.",
                "The plot was fine but the acting", "I have seen better.", "", "Brilliant! 10/10")
 
@@ -35,11 +36,12 @@ class PairsConfig:
     batch_size: int = 128  # rows (prefix copies) sampled together
 
     def __post_init__(self):
-        for name, low in (("prompts", 2), ("completions", 2), ("eval_prompts", 1), ("batch_size", 1)):
+        for name, low in (("prompts", 2), ("completions", 2), ("eval_prompts", 1),
+                          ("batch_size", 1)):
             check_int(name, getattr(self, name), low)
         if self.eval_prompts >= self.prompts:
-            raise ValueError(f"eval_prompts ({self.eval_prompts}) must be < prompts ({self.prompts}): "
-                             "the training side needs prefixes too")
+            raise ValueError(f"eval_prompts ({self.eval_prompts}) must be "
+                             f"< prompts ({self.prompts}): the training side needs prefixes too")
 
 
 @dataclass
@@ -51,14 +53,15 @@ class PreferenceSummary:
     n_candidate_pairs: int  # n_prompts · k(k − 1)/2
     n_pairs: int  # pairs kept: candidates minus skipped
     skipped: dict[str, int]  # reason -> pairs dropped (ties, empty completions)
-    mean_reward: float  # mean ground-truth reward of all n_prompts · k samples (the SFT policy's score)
+    mean_reward: float  # mean ground truth of all n_prompts · k samples (the SFT policy's score)
     std_reward: float  # its standard deviation across samples
     mean_margin: float  # mean chosen_reward − rejected_reward over the kept pairs
 
     def __str__(self) -> str:
         lines = [f"preferences: {self.n_pairs:,} pairs from {self.n_prompts:,} prompts × {self.k} "
                  f"completions ({self.n_candidate_pairs:,} candidate pairs)",
-                 f"  reward of the samples: mean {self.mean_reward:.3f}, std {self.std_reward:.3f}; "
+                 f"  reward of the samples: mean {self.mean_reward:.3f}, "
+                 f"std {self.std_reward:.3f}; "
                  f"mean margin chosen − rejected {self.mean_margin:.3f}"]
         lines += [f"  skipped {n:,}: {why}" for why, n in self.skipped.items()]
         return "\n".join(lines)
@@ -92,7 +95,8 @@ def _length_rule(max_chars, tokenizer, max_tokens):
     if max_chars is not None and (tokenizer is not None or max_tokens is not None):
         raise ValueError("give max_chars or tokenizer + max_tokens, not both")
     if (tokenizer is None) != (max_tokens is None):
-        raise ValueError("tokenizer and max_tokens go together: the limit counts that tokenizer's tokens")
+        raise ValueError("tokenizer and max_tokens go together: "
+                         "the limit counts that tokenizer's tokens")
     if max_chars is not None:
         return len, max_chars, "characters"
     if tokenizer is not None:
@@ -104,9 +108,8 @@ def validate_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer
                    max_tokens: int | None = None) -> list[dict]:
     """Check preference records; raise a ValueError naming the first bad row index and field.
 
-    Each row needs non-empty strings ``prompt``, ``chosen`` and ``rejected`` with
-    chosen != rejected; with ``max_chars`` (or ``tokenizer`` + ``max_tokens``), prompt + each
-    response must fit. Returns ``rows`` unchanged so it can wrap a pipeline step.
+    Rows need non-empty strings ``prompt``, ``chosen`` != ``rejected``; with ``max_chars`` (or
+    ``tokenizer`` + ``max_tokens``) prompt + each response must fit. Returns ``rows`` unchanged.
     """
     lengths, limit, unit = _length_rule(max_chars, tokenizer, max_tokens)
     for i, row in enumerate(rows):
@@ -157,7 +160,8 @@ def make_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]],
                     continue
                 w, l = (a, b) if values[a] > values[b] else (b, a)
                 pairs.append({"prompt": prompt, "chosen": texts[w], "rejected": texts[l],
-                              "chosen_reward": float(values[w]), "rejected_reward": float(values[l]),
+                              "chosen_reward": float(values[w]),
+                              "rejected_reward": float(values[l]),
                               "prompt_id": p})
     return pairs, report
 
@@ -183,8 +187,10 @@ def _check_k(k: int) -> int:
 def sample_completions(policy, tokenizer, prompts: Sequence[str], k: int = 4,
                        generation: Generation | None = None, seed: int = 0, batch_size: int = 64,
                        progress: bool | None = None) -> list[list[str]]:
-    """``k`` independent samples of π(·|x) per prompt (texts without it): ``result[i]`` is prompt i's.
-    A seed fixes them for a given ``batch_size`` (the batches share one random stream)."""
+    """``k`` independent samples of π(·|x) per prompt (texts without it), prompt i's at ``[i]``.
+
+    A seed fixes them for a given ``batch_size`` (the batches share one random stream).
+    """
     prompts, k = _check_prompts(prompts), _check_k(k)
     generation = generation if generation is not None else Generation()
     repeated = [prompt for prompt in prompts for _ in range(k)]  # [x0, x0, x0, x0, x1, ...]
@@ -194,17 +200,18 @@ def sample_completions(policy, tokenizer, prompts: Sequence[str], k: int = 4,
 
 
 def score_completions(prompts: Sequence[str], completions: Sequence[Sequence[str]],
-                      reward: Callable[[list[str]], Any], score_prompt: bool = True) -> list[list[float]]:
-    """r(x, y) of every completion, shaped like ``completions``.
+                      reward: Callable[[list[str]], Any],
+                      score_prompt: bool = True) -> list[list[float]]:
+    """r(x, y) of every completion, shaped like ``completions``; ``reward``: texts → a number each.
 
-    ``reward`` is a :class:`~dpo_edu.sentiment.SentimentReward` or any callable from a list of texts
-    to one number each (a tensor, array or list). With ``score_prompt`` (the default) it reads the
-    whole text x ⊕ y, as the paper's classifier reads the review: "This movie was not" + " bad" is
-    judged as a sentence, not as the fragment " bad". ``score_prompt=False`` scores y alone.
+    With ``score_prompt`` (the default) it reads x ⊕ y, as the paper's classifier reads the review;
+    ``score_prompt=False`` scores y alone.
     """
     if len(prompts) != len(completions):
-        raise ValueError(f"prompts and completions must match, got {len(prompts)} and {len(completions)}")
-    texts = [(prompt + c) if score_prompt else c for prompt, group in zip(prompts, completions) for c in group]
+        raise ValueError(f"prompts and completions must match, "
+                         f"got {len(prompts)} and {len(completions)}")
+    texts = [(prompt + c) if score_prompt else c
+             for prompt, group in zip(prompts, completions) for c in group]
     values = _rewards(reward, texts)
     out, start = [], 0
     for group in completions:
@@ -214,7 +221,7 @@ def score_completions(prompts: Sequence[str], completions: Sequence[Sequence[str
 
 
 def _rewards(reward: Callable, texts: list[str]) -> list[float]:
-    """One finite float per text; float32 scores become the exact same Python float (JSON keeps it)."""
+    """One finite float per text; a float32 score becomes the same Python float (JSON keeps it)."""
     if not callable(reward):
         raise ValueError(f"reward must be callable (texts -> scores), got {type(reward).__name__}")
     values = torch.as_tensor(reward(texts)).detach().cpu().reshape(-1)
@@ -223,12 +230,13 @@ def _rewards(reward: Callable, texts: list[str]) -> list[float]:
     values = values.tolist()
     for i, v in enumerate(values):
         if not math.isfinite(v):
-            raise ValueError(f"reward returned a non-finite score {v} for text {i}: {texts[i][:60]!r}")
+            raise ValueError(f"reward returned a non-finite score {v} "
+                             f"for text {i}: {texts[i][:60]!r}")
     return values
 
 
 def _label_scored(prompts, completions, scores) -> tuple[list[dict], Report]:
-    """make_pairs (every pair, ties skipped), then drop pairs with a blank side; one report of both."""
+    """make_pairs (every pair, ties skipped), then drop pairs with a blank side; one report."""
     pairs, ties = make_pairs(prompts, completions, scores)
     # A completion can be empty (the policy's first token was EOS): a record needs a non-empty
     # chosen and rejected, so such pairs are dropped by filter_pairs and reported, never silently.
@@ -247,20 +255,19 @@ def label_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]], re
                 score_prompt: bool = True) -> tuple[list[dict], Report]:
     """All k(k − 1)/2 pairs of each prompt's completions, the one with higher reward ``chosen``.
 
-    Records: ``{prompt, chosen, rejected, chosen_reward, rejected_reward, prompt_id}`` (prompt_id is
-    the prompt's index). Pairs that carry no preference — equal rewards, identical texts — or that
-    have an empty side are skipped and counted in the :class:`~dpo_edu.data.Report`.
+    Records add ``chosen_reward``, ``rejected_reward``, ``prompt_id`` (the prompt's index). Pairs
+    with equal rewards, identical texts or an empty side are skipped, counted in the ``Report``.
     """
     _check_prompts(prompts)
-    return _label_scored(prompts, completions, score_completions(prompts, completions, reward, score_prompt))
+    return _label_scored(prompts, completions,
+                         score_completions(prompts, completions, reward, score_prompt))
 
 
-def split_by_prompt(pairs: Sequence[dict], eval_size: int | float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def split_by_prompt(pairs: Sequence[dict], eval_size: int | float,
+                    seed: int = 0) -> tuple[list[dict], list[dict]]:
     """``(train, eval)`` with all pairs of a prompt on one side; ``eval_size`` counts prompts.
 
-    Pairs of one prompt share its text, so a random split by pair would let an eval pair's prompt
-    (and one of its completions) be trained on. Grouping by the prompt *text* also keeps two
-    reviews that open with the same words ("This movie") on one side.
+    Grouped by the prompt *text*: reviews that open alike ("This movie") share a side too.
     """
     return train_eval_split(list(pairs), eval_size, seed=seed, group="prompt")
 
@@ -268,8 +275,10 @@ def split_by_prompt(pairs: Sequence[dict], eval_size: int | float, seed: int = 0
 def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[str]],
                          reward: Callable, score_prompt: bool = True
                          ) -> tuple[list[dict], list[dict], PreferenceSummary]:
-    """``(pairs, scored, summary)``: every pair of each prompt's completions labelled by ``reward``;
-    ``scored`` holds each prompt's completions with their rewards."""
+    """``(pairs, scored, summary)``: every pair of each prompt's completions labelled by ``reward``.
+
+    ``scored`` holds each prompt's completions with their rewards.
+    """
     prompts = _check_prompts(prompts)
     scores = score_completions(prompts, completions, reward, score_prompt)
     pairs, report = _label_scored(prompts, completions, scores)
@@ -277,7 +286,8 @@ def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[
     flat = torch.tensor([v for group in scores for v in group], dtype=torch.float64)
     margins = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
     summary = PreferenceSummary(
-        n_prompts=len(prompts), k=len(completions[0]), n_candidate_pairs=report.total, n_pairs=len(pairs),
+        n_prompts=len(prompts), k=len(completions[0]), n_candidate_pairs=report.total,
+        n_pairs=len(pairs),
         skipped=dict(report.skipped), mean_reward=flat.mean().item(),
         std_reward=flat.std().item() if flat.numel() > 1 else 0.0,
         mean_margin=sum(margins) / len(margins) if margins else 0.0)
@@ -287,6 +297,6 @@ def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[
 
 
 def reward_fingerprint(reward: Callable) -> str:
-    """A hash of the reward's scores on :data:`PROBE_TEXTS` (rounded to 1e-5): any callable's identity."""
+    """A hash of the reward's scores on :data:`PROBE_TEXTS` (rounded to 1e-5), for any callable."""
     values = [round(v, 5) for v in _rewards(reward, list(PROBE_TEXTS))]
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]

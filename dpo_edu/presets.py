@@ -1,5 +1,5 @@
-"""Presets: one code path, three sizes. A preset is every stage's config, nested; it changes sizes and
-names only, never which functions run.
+"""Presets: one code path, three sizes. A preset is every stage's config, nested; it changes sizes
+and names only, never which functions run.
 
 - ``ci``:   the tiny GPT-2, a few hundred reviews; seconds per notebook on a CPU, offline.
 - ``cpu``:  the same tiny GPT-2 trained further on thousands of reviews; minutes on a laptop.
@@ -82,12 +82,14 @@ PRESETS = {
         data=DataConfig(reviews=400),
         generation=Generation(max_new_tokens=16),
         ground_truth=GroundTruthConfig(reviews=4_000),
-        pairs=PairsConfig(prompts=128, eval_prompts=32, batch_size=128),  # 768 pairs in about a second
+        pairs=PairsConfig(prompts=128, eval_prompts=32, batch_size=128),  # 768 pairs in ~1 s
         sft=SFTConfig(steps=120, batch_size=16, lr=1e-3, warmup_steps=10, max_length=64),
         reward_model=RewardConfig(epochs=1.0, batch_size=16, lr=3e-4),
-        dpo=DPOConfig(epochs=1.0, batch_size=16, lr=3e-4, beta=0.1, max_length=64, length_buckets=3),
-        ppo=PPOConfig(steps=24, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-4, kl_coef=0.05,
-                      kl_horizon=64),  # about 20 s; β may move up to 0.2 · 32/64 = 10 % a step
+        dpo=DPOConfig(epochs=1.0, batch_size=16, lr=3e-4, beta=0.1, max_length=64,
+                      length_buckets=3),
+        # about 20 s; β may move up to 0.2 · 32/64 = 10 % a step
+        ppo=PPOConfig(steps=24, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-4,
+                      kl_coef=0.05, kl_horizon=64),
         frontier=Frontier(dpo_betas=(0.1, 1.0), ppo_targets=(2.0, 8.0), eval_prompts=32),
     ),
     "cpu": Preset(
@@ -108,9 +110,11 @@ PRESETS = {
         # lr 3e-5: clipfrac ~0.03 (at 1e-4, ~0.25, and KL drifted to 3 even at a fixed β of 2);
         # kl_coef 0.2: from 0.05, KL reached 6–10 before β caught up in 64 steps;
         # horizon 128: β may move 5 % a step (horizon 32, 20 % a step, diverged: β 0.1 → 2,476)
-        ppo=PPOConfig(steps=64, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-5, kl_coef=0.2,
-                      kl_horizon=128),  # about 2 minutes on one CPU thread
-        frontier=Frontier(dpo_betas=(0.1, 0.5, 2.0), ppo_targets=(1.0, 3.0, 9.0), eval_prompts=250),
+        # about 2 minutes on one CPU thread
+        ppo=PPOConfig(steps=64, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-5,
+                      kl_coef=0.2, kl_horizon=128),
+        frontier=Frontier(dpo_betas=(0.1, 0.5, 2.0), ppo_targets=(1.0, 3.0, 9.0),
+                          eval_prompts=250),
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -122,27 +126,33 @@ PRESETS = {
                           n_positions=1024, vocab_size=50257, device="cuda"),
         data=DataConfig(reviews=25_000),
         generation=Generation(max_new_tokens=48),
-        ground_truth=GroundTruthConfig(classifier="siebert/sentiment-roberta-large-english", reviews=25_000),
+        ground_truth=GroundTruthConfig(classifier="siebert/sentiment-roberta-large-english",
+                                       reviews=25_000),
         pairs=PairsConfig(prompts=4000, eval_prompts=400, batch_size=256),  # 24,000 pairs
-        sft=SFTConfig(steps=800, batch_size=32, lr=5e-5, warmup_steps=50, max_length=256),  # ~1 epoch
+        sft=SFTConfig(steps=800, batch_size=32, lr=5e-5, warmup_steps=50,
+                      max_length=256),  # ~1 epoch
         reward_model=RewardConfig(epochs=1.0, batch_size=32, lr=1e-5),  # one pass, as InstructGPT
-        dpo=DPOConfig(epochs=1.0, batch_size=64, lr=1e-6, beta=0.1, warmup_steps=150, max_length=256,
-                      length_buckets=1),  # the paper's batch, learning rate and warmup
+        # the paper's batch, learning rate and warmup
+        dpo=DPOConfig(epochs=1.0, batch_size=64, lr=1e-6, beta=0.1, warmup_steps=150,
+                      max_length=256, length_buckets=1),
         # horizon 640: β may move 2 % a step (at 10,000, 0.13 %: over 200 steps every target would
         # share one β path, a fixed-β sweep in all but name)
-        ppo=PPOConfig(steps=200, batch_size=64, mini_batch_size=16, ppo_epochs=4, lr=1.41e-5, kl_coef=0.1,
-                      target_kl=6.0, kl_horizon=640),
-        frontier=Frontier(dpo_betas=(0.05, 0.1, 0.5, 1.0), ppo_targets=(2.0, 4.0, 8.0, 16.0), eval_prompts=400),
+        ppo=PPOConfig(steps=200, batch_size=64, mini_batch_size=16, ppo_epochs=4, lr=1.41e-5,
+                      kl_coef=0.1, target_kl=6.0, kl_horizon=640),
+        frontier=Frontier(dpo_betas=(0.05, 0.1, 0.5, 1.0), ppo_targets=(2.0, 4.0, 8.0, 16.0),
+                          eval_prompts=400),
     ),
 }
 
 # The flat names of the first layout, and where each field lives now.
 RENAMED = {
-    "toy_steps": "toy.steps", "toy_pairs": "toy.pairs", "bt_max_comparisons": "toy.bt_max_comparisons",
+    "toy_steps": "toy.steps", "toy_pairs": "toy.pairs",
+    "bt_max_comparisons": "toy.bt_max_comparisons",
     "bt_repeats": "toy.bt_repeats", "model": "model.name", "random_init": "model.random_init",
     "n_layer": "model.n_layer", "n_head": "model.n_head", "n_embd": "model.n_embd",
     "n_positions": "model.n_positions", "vocab_size": "model.vocab_size", "device": "model.device",
-    "dtype": "model.dtype", "n_reviews": "data.reviews", "max_length": "sft.max_length and dpo.max_length",
+    "dtype": "model.dtype", "n_reviews": "data.reviews",
+    "max_length": "sft.max_length and dpo.max_length",
     "max_new_tokens": "generation.max_new_tokens", "temperature": "generation.temperature",
     "pair_prompts": "pairs.prompts", "completions_per_prompt": "pairs.completions",
     "generation_batch_size": "pairs.batch_size", "eval_pair_prompts": "pairs.eval_prompts",
@@ -153,21 +163,23 @@ RENAMED = {
     **{f"{section}_{field}": f"{section}.{field}" for section, fields in (
         ("sft", ("steps", "batch_size", "lr", "warmup_steps")),
         ("dpo", ("epochs", "batch_size", "lr", "beta", "warmup_steps", "length_buckets")),
-        ("ppo", ("steps", "batch_size", "mini_batch_size", "lr", "kl_coef", "target_kl", "kl_horizon")),
+        ("ppo", ("steps", "batch_size", "mini_batch_size", "lr", "kl_coef", "target_kl",
+                 "kl_horizon")),
     ) for field in fields},
 }
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "tuple": (tuple, list),
           "None": type(None)}  # what a field of each annotation accepts
 
 
-_SECTIONS = {cls.__name__: cls for cls in (ToySizes, ModelConfig, DataConfig, Generation, GroundTruthConfig,
-                                            PairsConfig, SFTConfig, RewardConfig, DPOConfig, PPOConfig,
-                                            Frontier)}
+_SECTIONS = {cls.__name__: cls for cls in (ToySizes, ModelConfig, DataConfig, Generation,
+                                            GroundTruthConfig, PairsConfig, SFTConfig, RewardConfig,
+                                            DPOConfig, PPOConfig, Frontier)}
 
 
 # Fields the notebooks set themselves, so an override would change nothing.
 SET_BY_THE_NOTEBOOK = {"seed": "the notebook's SEED (dpo-edu run --seed N)",
-                       "dpo.eval_every": "notebook 05's N_EVALS", "ppo.eval_every": "notebook 05's N_EVALS"}
+                       "dpo.eval_every": "notebook 05's N_EVALS",
+                       "ppo.eval_every": "notebook 05's N_EVALS"}
 
 
 def field_names() -> list[str]:
@@ -178,17 +190,19 @@ def field_names() -> list[str]:
 
 
 def _typed(name: str, annotation: str, value):
-    """``value`` if its type fits the field's annotation (a list becomes a tuple), else a ValueError."""
+    """``value`` if its type fits the field's annotation (a list made a tuple), else ValueError."""
     kinds = [part.strip() for part in annotation.split("|")]
-    fits = "bool" in kinds if isinstance(value, bool) else any(isinstance(value, _TYPES[k]) for k in kinds)
+    fits = ("bool" in kinds if isinstance(value, bool)
+            else any(isinstance(value, _TYPES[k]) for k in kinds))
     if not fits:
         raise ValueError(f"preset field '{name}' takes {annotation}, got {value!r}")
     return tuple(value) if isinstance(value, list) else value
 
 
 def override(preset: Preset, overrides: dict) -> Preset:
-    """``preset`` with each dotted field of ``overrides`` replaced; each config changed is validated
-    once with all its new fields (``pairs.prompts`` and ``pairs.eval_prompts`` may move together)."""
+    """``preset`` with each dotted field of ``overrides`` replaced; each config changed is
+    validated once with all its new fields (so ``pairs.prompts`` and ``pairs.eval_prompts`` may
+    move together)."""
     known, sections = field_names(), {}
     for name, value in overrides.items():
         if name not in known:
@@ -224,12 +238,13 @@ def choose_auto() -> tuple[str, str]:
     if not torch.cuda.is_available():
         return "cpu", "no CUDA GPU is visible"
     if not hub_reachable():
-        return "cpu", f"a GPU is visible but {HUB_HOST} cannot be reached (or HF_HUB_OFFLINE is set)"
+        return "cpu", (f"a GPU is visible but {HUB_HOST} cannot be reached "
+                       "(or HF_HUB_OFFLINE is set)")
     return "gpt2", f"a GPU ({torch.cuda.get_device_name()}) and {HUB_HOST} are both reachable"
 
 
 def get_preset(name: str, overrides: dict | None = None, verbose: bool = True) -> Preset:
-    """The preset called ``name`` (``auto`` resolved), with dotted ``overrides``: ``{"dpo.beta": 0.5}``."""
+    """The preset ``name`` (``auto`` resolved), with dotted ``overrides``: ``{"dpo.beta": 0.5}``."""
     if name == "auto":
         name, why = choose_auto()
         if verbose:

@@ -37,7 +37,8 @@ def record(name: str, value):
     if get_ipython() is None:  # a plain Python process: no notebook to store the value in
         print(f"{name} = {shown}")
     else:
-        display({"text/plain": f"{name} = {shown}", MIME_TYPE: {"name": name, "value": plain}}, raw=True)
+        display({"text/plain": f"{name} = {shown}", MIME_TYPE: {"name": name, "value": plain}},
+                raw=True)
     return value
 
 

@@ -22,7 +22,8 @@ from .models import encode_pairs, load_local_or_hub, position_ids_from_mask, tok
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int
 
-HEAD_FILE = "reward_head.safetensors"  # head weight and offset; the backbone is a plain transformers folder
+# the head's weight and offset; the backbone is a plain transformers folder
+HEAD_FILE = "reward_head.safetensors"
 META_FILE = "reward_model.json"
 
 
@@ -35,18 +36,22 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
 
 
 class RewardModel(nn.Module):
-    """r_φ(x, y): a GPT-2 transformer (no LM head) and a linear head on the last real token's hidden state."""
+    """r_φ(x, y): a GPT-2 transformer (no LM head) and a linear head on the last real token."""
 
     def __init__(self, backbone: nn.Module, seed: int = 0):
         super().__init__()
-        self.backbone = backbone  # e.g. GPT2Model: token ids → final hidden states (after the last LayerNorm)
+        # e.g. GPT2Model: token ids → final hidden states (after the last LayerNorm)
+        self.backbone = backbone
         hidden = backbone.config.hidden_size
-        self.head = nn.Linear(hidden, 1, bias=False)  # no bias: a shift cancels in r_w − r_l, its gradient is 0
-        with torch.random.fork_rng(devices=[]), torch.no_grad():  # seeded without touching the caller's RNG
+        # no bias: a shift cancels in r_w − r_l, its gradient is 0
+        self.head = nn.Linear(hidden, 1, bias=False)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # the caller's RNG untouched
             torch.manual_seed(seed)
-            self.head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5)  # as lm-human-preferences' reward head
+            # std 1/√(hidden + 1), as lm-human-preferences' reward head
+            self.head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5)
         self.head.to(device=backbone.device, dtype=backbone.dtype)
-        self.register_buffer("offset", torch.zeros((), device=backbone.device))  # r = head(h) − offset
+        # r = head(h) − offset
+        self.register_buffer("offset", torch.zeros((), device=backbone.device))
 
     @property
     def config(self):
@@ -68,32 +73,37 @@ class RewardModel(nn.Module):
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        last = hidden[torch.arange(len(hidden), device=self.device), last_token_index(attention_mask)]
-        return F.linear(last.float(), self.head.weight.float()).squeeze(-1) - self.offset  # r_φ(x, y)
+        last = hidden[torch.arange(len(hidden), device=self.device),
+                      last_token_index(attention_mask)]
+        # r_φ(x, y) = w · h_last − offset
+        return F.linear(last.float(), self.head.weight.float()).squeeze(-1) - self.offset
 
     @classmethod
     def from_policy(cls, source, tokenizer=None, seed: int = 0, cache_dir=None) -> "RewardModel":
-        """A reward model on π_SFT's transformer: ``source`` is a folder, a Hub id, or a policy (copied)."""
+        """A reward model on π_SFT's transformer from a folder, a Hub id or a policy (copied)."""
         if isinstance(source, nn.Module):
-            backbone = copy.deepcopy(source.base_model)  # GPT2LMHeadModel.base_model is its GPT2Model
+            backbone = copy.deepcopy(source.base_model)  # the GPT2Model of a GPT2LMHeadModel
         else:
             from transformers import AutoModel
 
-            backbone = load_local_or_hub(AutoModel.from_pretrained, str(source), cache_dir)  # drops the LM head
-        if tokenizer is not None and len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
+            # AutoModel drops the LM head
+            backbone = load_local_or_hub(AutoModel.from_pretrained, str(source), cache_dir)
+        if (tokenizer is not None
+            and len(tokenizer) > backbone.get_input_embeddings().num_embeddings):
             backbone.resize_token_embeddings(len(tokenizer))  # gpt2 + <|pad|>
         return cls(backbone, seed)
 
     def save_pretrained(self, save_dir) -> Path:
-        """The backbone as a transformers folder, plus the head and offset; reloaded by ``from_pretrained``."""
+        """The backbone (a transformers folder), head and offset; ``from_pretrained`` reads them."""
         from safetensors.torch import save_file
 
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(save_dir)
-        save_file({"head.weight": self.head.weight.detach().contiguous().cpu(), "offset": self.offset.cpu()},
-                  str(save_dir / HEAD_FILE))
-        (save_dir / META_FILE).write_text(json.dumps({"class": "dpo_edu.reward_model.RewardModel"}) + "\n")
+        save_file({"head.weight": self.head.weight.detach().contiguous().cpu(),
+                   "offset": self.offset.cpu()}, str(save_dir / HEAD_FILE))
+        (save_dir / META_FILE).write_text(
+            json.dumps({"class": "dpo_edu.reward_model.RewardModel"}) + "\n")
         return save_dir
 
     @classmethod
@@ -116,11 +126,11 @@ class RewardModel(nn.Module):
 
 @dataclass(frozen=True)
 class RewardConfig(TrainConfig):
-    """Bradley–Terry training on preference pairs; the shared fields are documented in ``TrainConfig``."""
+    """Bradley–Terry training on preference pairs; the shared fields are ``TrainConfig``'s."""
 
-    lr: float = 3e-4  # peak AdamW learning rate (for the tiny GPT-2; ~1e-5 suits a pretrained gpt2 backbone)
+    lr: float = 3e-4  # peak AdamW lr (the tiny GPT-2; ~1e-5 suits a pretrained gpt2 backbone)
     batch_size: int = 16  # preference pairs per step (2 × batch_size sequences in one forward pass)
-    center_rewards_coefficient: float = 0.0  # adds c · E[(r_w + r_l)²] to the loss, pulling rewards to 0 (TRL)
+    center_rewards_coefficient: float = 0.0  # loss + c · E[(r_w + r_l)²]: pulls rewards to 0 (TRL)
     eval_batch_size: int = 32  # pairs per forward pass when evaluating
 
     def __post_init__(self):
@@ -131,12 +141,15 @@ class RewardConfig(TrainConfig):
         check_int("eval_batch_size", self.eval_batch_size, 1)
 
 
-def _tokenize_pairs(tokenizer, pairs: Sequence[dict]) -> list[tuple[list[int], list[int], list[int]]]:
-    """``(prompt, chosen, rejected)`` token ids of each pair, tokenized once; bad rows raise naming the index."""
+def _tokenize_pairs(tokenizer, pairs: Sequence[dict]
+                    ) -> list[tuple[list[int], list[int], list[int]]]:
+    """``(prompt, chosen, rejected)`` token ids of each pair; a bad row raises, naming its index."""
     out = []
     for i, pair in enumerate(pairs):
-        if not isinstance(pair, dict) or not all(k in pair for k in ("prompt", "chosen", "rejected")):
-            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', got {pair!r}")
+        if (not isinstance(pair, dict)
+            or not all(k in pair for k in ("prompt", "chosen", "rejected"))):
+            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', "
+                             f"got {pair!r}")
         ids = tuple(token_ids(tokenizer, pair[k]) for k in ("prompt", "chosen", "rejected"))
         if not ids[0]:
             raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
@@ -147,7 +160,8 @@ def _tokenize_pairs(tokenizer, pairs: Sequence[dict]) -> list[tuple[list[int], l
 def _pair_rewards(model: RewardModel, tokenizer, batch) -> tuple[Tensor, Tensor]:
     """``(r(x, y_w), r(x, y_l))`` of tokenized pairs, chosen and rejected in ONE forward pass."""
     prompts = [p for p, _, _ in batch]
-    enc = encode_pairs(tokenizer, prompts + prompts, [c for _, c, _ in batch] + [r for _, _, r in batch])
+    enc = encode_pairs(tokenizer, prompts + prompts,
+                       [c for _, c, _ in batch] + [r for _, _, r in batch])
     rewards = model(enc["input_ids"], enc["attention_mask"])
     return rewards[: len(batch)], rewards[len(batch) :]
 
@@ -162,7 +176,8 @@ def _pair_metrics(chosen: Tensor, rejected: Tensor, prefix: str = "") -> dict:
 
 
 @torch.no_grad()
-def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence, batch_size: int = 32) -> Tensor:
+def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence,
+          batch_size: int = 32) -> Tensor:
     """r_φ(x, y) of each (prompt, response), float32 on the CPU; texts or token-id lists."""
     check_int("batch_size", batch_size, 1)
     was_training = model.training
@@ -170,7 +185,8 @@ def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence,
     out = []
     try:
         for s in range(0, len(prompts), batch_size):
-            enc = encode_pairs(tokenizer, prompts[s : s + batch_size], responses[s : s + batch_size])
+            enc = encode_pairs(tokenizer, prompts[s : s + batch_size],
+                               responses[s : s + batch_size])
             out.append(model(enc["input_ids"], enc["attention_mask"]).cpu())
     finally:
         model.train(was_training)
@@ -178,8 +194,9 @@ def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence,
 
 
 @torch.no_grad()
-def evaluate_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], batch_size: int = 32) -> dict:
-    """Held-out ``eval_loss`` (Eq. 2), ``eval_accuracy`` (r_w > r_l), ``eval_margin`` and reward range."""
+def evaluate_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
+                          batch_size: int = 32) -> dict:
+    """Held-out ``eval_loss`` (Eq. 2), ``eval_accuracy`` (r_w > r_l), ``eval_margin``, r's range."""
     tokenized = _tokenize_pairs(tokenizer, pairs)
     if not tokenized:
         raise ValueError("pairs is empty: nothing to evaluate")
@@ -191,10 +208,12 @@ def evaluate_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], 
     finally:
         model.train(was_training)
     chosen, rejected = torch.cat([c for c, _ in scored]), torch.cat([r for _, r in scored])
-    return {"eval_loss": bradley_terry_loss(chosen, rejected).item(), **_pair_metrics(chosen, rejected, "eval_")}
+    return {"eval_loss": bradley_terry_loss(chosen, rejected).item(),
+            **_pair_metrics(chosen, rejected, "eval_")}
 
 
-def pair_accuracy(model: RewardModel, tokenizer, pairs: Sequence[dict], batch_size: int = 32) -> float:
+def pair_accuracy(model: RewardModel, tokenizer, pairs: Sequence[dict],
+                  batch_size: int = 32) -> float:
     """Fraction of pairs with r(x, y_w) > r(x, y_l): the held-out accuracy of notebook 04."""
     return evaluate_reward_model(model, tokenizer, pairs, batch_size)["eval_accuracy"]
 
@@ -204,29 +223,28 @@ def center_rewards(model: RewardModel, tokenizer, prompts: Sequence, responses: 
                    batch_size: int = 32) -> float:
     """Shift r so that its mean over these (prompt, response) texts is 0; returns the new offset.
 
-    Bradley–Terry fixes r only up to a constant, so this changes no preference and no accuracy; PPO's
-    reward, though, adds r to a KL penalty, and a reward centred on typical samples keeps them comparable.
+    Bradley–Terry fixes r only up to a constant, so this changes no preference and no accuracy.
     """
     mean = score(model, tokenizer, prompts, responses, batch_size).mean()
     model.offset += mean.to(model.offset.device)  # r' = r − mean  (r = head(h) − offset)
     return model.offset.item()
 
 
-def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], config: RewardConfig | None = None,
-                       callback: Callable[[int, dict], None] | None = None, eval_pairs: Sequence[dict] | None = None,
-                       checkpoint_dir=None):
-    """Fit ``model`` to preference pairs (in place) by Eq. 2; returns ``(model, metrics)``, one dict per step.
+def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
+                       config: RewardConfig | None = None,
+                       callback: Callable[[int, dict], None] | None = None,
+                       eval_pairs: Sequence[dict] | None = None, checkpoint_dir=None):
+    """Fit ``model`` to preference pairs (in place) by Eq. 2; returns ``(model, metrics)``.
 
-    ``pairs`` are dicts with ``prompt``, ``chosen`` and ``rejected`` (texts). Logged per step: ``loss``,
-    ``accuracy``, ``margin``, ``min_reward`` / ``mean_reward`` / ``max_reward``, ``grad_norm``,
-    ``learning_rate``, ``epoch``; with ``eval_pairs``, the same with an ``eval_`` prefix every
-    ``eval_every`` steps and after the last. ``checkpoint_dir`` checkpoints and resumes (``training.train_loop``).
+    ``metrics``: a dict per step (``loss``, ``accuracy``, ``margin``, reward range, ``grad_norm``,
+    …), with ``eval_pairs`` the same prefixed ``eval_``. ``checkpoint_dir`` checkpoints and resumes.
     """
     config = config if config is not None else RewardConfig()
     if not isinstance(config, RewardConfig):
         raise ValueError(f"config must be a RewardConfig, got {type(config).__name__}")
     if not isinstance(model, RewardModel):
-        raise ValueError(f"model must be a RewardModel (RewardModel.from_policy), got {type(model).__name__}")
+        raise ValueError(f"model must be a RewardModel (RewardModel.from_policy), "
+                         f"got {type(model).__name__}")
     tokenized = _tokenize_pairs(tokenizer, pairs)
 
     def loss_fn(rows):

@@ -32,15 +32,19 @@ class Generation:
 def sampling_probs(logits: Tensor, temperature: float) -> Tensor:
     """Next-token distribution softmax(logits / T), in float32."""
     temperature = check_positive("temperature", temperature)
-    # Temperature: p_i ∝ exp(z_i / T). T = 1 samples the policy itself (the π in every KL and log-prob);
-    # T < 1 sharpens towards greedy decoding as T → 0, T > 1 flattens towards uniform.
+    # Temperature: p_i ∝ exp(z_i / T). T = 1 samples the policy itself (the π in every KL and
+    # log-prob); T < 1 sharpens towards greedy decoding as T → 0, T > 1 flattens towards uniform.
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
 def _forward_cached(model, cache_name, input_ids, attention_mask, position_ids, cache):
-    """One forward pass that reuses and returns the KV cache (``past_key_values`` before transformers 5)."""
+    """One forward pass that reuses and returns the KV cache.
+
+    ``cache_name`` is ``past_key_values`` before transformers 5.
+    """
     kwargs = {cache_name: cache, "use_cache": True}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                **kwargs)
     return out.logits[:, -1], out[cache_name]
 
 
@@ -58,8 +62,8 @@ def generate(
 ):
     """Completions of ``prompts`` (texts, without prompt or EOS); ``temperature=0`` is greedy.
 
-    A seed fixes the samples for a given ``batch_size``. ``return_ids`` adds ``ids`` (n, max_new_tokens),
-    pads after a row's EOS, and ``mask``, 1 on generated tokens, EOS included (stopping is a choice).
+    A seed fixes the samples for a given ``batch_size``. ``return_ids`` adds ``ids``
+    (n, max_new_tokens), pads after a row's EOS, and ``mask``, 1 on generated tokens, EOS included.
     """
     from tqdm.auto import tqdm
 
@@ -70,7 +74,8 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     n_positions = getattr(model.config, "n_positions", None)
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_name = ("cache" if "cache" in inspect.signature(model.forward).parameters
+                  else "past_key_values")
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -79,16 +84,19 @@ def generate(
     all_ids, all_mask = [], []
     starts = range(0, len(prompts), batch_size)
     try:
-        for start in tqdm(starts, desc="generate", disable=not progress if progress is not None else len(starts) < 2):
+        for start in tqdm(starts, desc="generate",
+                          disable=not progress if progress is not None else len(starts) < 2):
             chunk = list(prompts[start : start + batch_size])
             batch = encode_pairs(tokenizer, chunk, [[]] * len(chunk))  # left-padded prompts
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             if n_positions is not None and ids.shape[1] + max_new_tokens > n_positions:
                 raise ValueError(
-                    f"max_new_tokens ({max_new_tokens}) + the longest prompt ({ids.shape[1]} tokens) "
+                    f"max_new_tokens ({max_new_tokens}) + the longest prompt "
+                    f"({ids.shape[1]} tokens) "
                     f"exceeds the model's n_positions ({n_positions})"
                 )
-            positions = position_ids_from_mask(mask)  # left padding: positions count the real tokens only
+            # left padding: positions count the real tokens only
+            positions = position_ids_from_mask(mask)
             cache, new, alive = None, [], []
             done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
             for _ in range(max_new_tokens):
@@ -99,12 +107,12 @@ def generate(
                     probs = sampling_probs(logits, temperature)
                     token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
                 alive.append(~done)
-                token = torch.where(done, pad, token)  # a row that has stopped emits only pads (masked out)
+                token = torch.where(done, pad, token)  # a stopped row emits only pads (masked)
                 new.append(token)
                 done = done | (token == eos)  # stop at EOS, row by row
                 if done.all():
                     break
-                # KV cache: feed only the new token; the mask grows by one column, the position by one
+                # KV cache: feed only the new token; the mask grows by a column, the position by 1
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 ids, positions = token[:, None], positions[:, -1:] + 1
             out = torch.full((len(chunk), max_new_tokens), pad, dtype=torch.long)

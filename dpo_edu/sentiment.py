@@ -1,9 +1,9 @@
 """The ground-truth reward of the sentiment task: r(x, y) = p(positive | x ⊕ y) (DPO paper §6.1).
 
-The paper's judge is the classifier ``siebert/sentiment-roberta-large-english`` (App. C.1); offline, a
-TF-IDF + logistic regression trained on the IMDb labels in seconds (held-out accuracy 0.88 on 4,000
-reviews, 0.91 on 20,000) plays the same part: a function from texts to p(positive) ∈ [0, 1]. It is the
-labeller of the preferences, not RLHF's learned reward model.
+The paper's judge is the classifier ``siebert/sentiment-roberta-large-english`` (App. C.1);
+offline, a TF-IDF + logistic regression trained on the IMDb labels in seconds (held-out accuracy
+0.88 on 4,000 reviews, 0.91 on 20,000) plays the same part: a function from texts to
+p(positive) ∈ [0, 1]. It is the labeller of the preferences, not RLHF's learned reward model.
 
     reward = make_reward("tfidf", n_reviews=5000)                       # offline
     reward(["What a wonderful film!", "What a waste of time."])         # tensor([0.91, 0.07])
@@ -33,11 +33,12 @@ class GroundTruthConfig:
     """The judge that labels preferences and scores every evaluation."""
 
     classifier: str = TFIDF  # "tfidf" (trained here on IMDb labels) or a Hub classifier id
-    reviews: int = 4000  # labelled IMDb reviews the "tfidf" classifier learns from (a fifth held out)
+    reviews: int = 4000  # labelled IMDb reviews "tfidf" learns from (a fifth held out)
 
     def __post_init__(self):
         if not isinstance(self.classifier, str) or not self.classifier:
-            raise ValueError(f"classifier must be {TFIDF!r} or a Hub model id, got {self.classifier!r}")
+            raise ValueError(f"classifier must be {TFIDF!r} or a Hub model id, "
+                             f"got {self.classifier!r}")
         if not isinstance(self.reviews, int) or isinstance(self.reviews, bool) or self.reviews < 10:
             raise ValueError(f"reviews must be an int ≥ 10, got {self.reviews!r}")
 
@@ -68,7 +69,8 @@ class SentimentReward:
     def evaluate(self, texts: Sequence[str], labels: Sequence[int]) -> float:
         """Accuracy of ``p(positive) > 0.5`` against 0/1 labels; also stored in ``accuracy``."""
         if len(texts) != len(labels) or not texts:
-            raise ValueError(f"texts and labels must be non-empty and match, got {len(texts)} and {len(labels)}")
+            raise ValueError(f"texts and labels must be non-empty and match, "
+                             f"got {len(texts)} and {len(labels)}")
         predicted = (self(texts) > 0.5).long()
         self.accuracy = (predicted == torch.as_tensor(list(labels))).float().mean().item()
         return self.accuracy
@@ -106,8 +108,7 @@ class TfidfSentiment(SentimentReward):
         """Train on a seeded split of ``texts``/``labels`` and measure accuracy on the rest.
 
         ``C`` is the inverse L2 strength of the logistic regression; ``min_df`` drops n-grams
-        seen in fewer reviews. Defaults were picked on the bundled IMDb: held-out accuracy 0.85
-        with 2,000 training reviews, 0.88 with 4,000–8,000, 0.91 with 20,000 (seed 0).
+        seen in fewer reviews. Defaults picked on the bundled IMDb (docs/notes.md, Sentiment).
         """
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -134,7 +135,8 @@ class TfidfSentiment(SentimentReward):
         model = cls(pipeline, info=info)
         model.evaluate([t for t, _ in held_out], [y for _, y in held_out])
         if verbose:
-            print(f"tfidf sentiment: held-out accuracy {model.accuracy:.3f} on {len(held_out):,} reviews "
+            print(f"tfidf sentiment: held-out accuracy {model.accuracy:.3f} "
+                  f"on {len(held_out):,} reviews "
                   f"(trained on {len(train):,} in {info['fit_seconds']} s)")
         return model
 
@@ -168,9 +170,8 @@ class TfidfSentiment(SentimentReward):
 def positive_label_index(id2label: dict, positive_label: str | int | None = None) -> int:
     """The output index of the positive class, from a model config's ``id2label``.
 
-    Models name it differently (``POSITIVE``, ``positive``, ``pos``, ``LABEL_1``…); a name
-    starting with "pos" is found whatever its case. ``LABEL_k`` names say nothing, so pass
-    ``positive_label`` (an index, or the label's name) for such a model.
+    A name starting with "pos" (``POSITIVE``, ``pos``…) is found whatever its case; ``LABEL_k``
+    names say nothing, so pass ``positive_label`` (an index, or the label's name).
     """
     labels = {int(i): str(name) for i, name in id2label.items()}
     if isinstance(positive_label, int) and not isinstance(positive_label, bool):
@@ -208,7 +209,8 @@ class HubSentiment(SentimentReward):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if batch_size < 1 or max_length < 1:
-            raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size}, {max_length}")
+            raise ValueError(f"batch_size and max_length must be >= 1, "
+                             f"got {batch_size}, {max_length}")
         from .models import hub_reachable
 
         # Offline, read the local cache only: fail at once instead of retrying for a minute.
@@ -218,8 +220,9 @@ class HubSentiment(SentimentReward):
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 name, dtype=dtype, local_files_only=local)
         except (OSError, ValueError) as e:
-            raise OSError(f"could not load sentiment classifier {name!r} ({type(e).__name__}); the Hub may be "
-                          f"unreachable: offline, use make_reward({TFIDF!r}, ...)") from e
+            raise OSError(f"could not load sentiment classifier {name!r} ({type(e).__name__}); "
+                          "the Hub may be unreachable: offline, "
+                          f"use make_reward({TFIDF!r}, ...)") from e
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.name = name
@@ -237,8 +240,9 @@ class HubSentiment(SentimentReward):
             enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
             if not self._warned and enc["attention_mask"].sum(-1).max().item() >= self.max_length:
-                warnings.warn(f"{self.name}: a text reached max_length={self.max_length} tokens and may be cut; "
-                              "its reward reads only the first max_length tokens", stacklevel=3)
+                warnings.warn(f"{self.name}: a text reached max_length={self.max_length} tokens "
+                              "and may be cut; its reward reads only the first max_length tokens",
+                              stacklevel=3)
                 self._warned = True
             # Only ids and mask: DistilBERT takes no token_type_ids; RoBERTa's are all zero.
             with torch.inference_mode():
@@ -248,21 +252,25 @@ class HubSentiment(SentimentReward):
         return torch.cat(out)
 
 
-def make_reward(name: str = TFIDF, *, reviews: Sequence | None = None, n_reviews: int | None = None,
-                eval_size: int | float = 0.2, seed: int = 0, device: str | torch.device | None = None,
-                batch_size: int = 32, positive_label: str | int | None = None,
-                verbose: bool = True) -> SentimentReward:
-    """The ground-truth reward ``name`` names: ``"tfidf"``, trained on ``reviews`` (``data.Review``
-    records) or on ``n_reviews`` balanced bundled IMDb reviews; or a Hub classifier, measured on
-    ``reviews`` when they are given."""
+def make_reward(name: str = TFIDF, *, reviews: Sequence | None = None,
+                n_reviews: int | None = None, eval_size: int | float = 0.2, seed: int = 0,
+                device: str | torch.device | None = None, batch_size: int = 32,
+                positive_label: str | int | None = None, verbose: bool = True) -> SentimentReward:
+    """The ground-truth reward ``name`` names: ``"tfidf"`` or a Hub classifier id.
+
+    ``"tfidf"`` trains on ``reviews`` (``data.Review`` records) or on ``n_reviews`` balanced bundled
+    IMDb reviews; a Hub classifier is measured on ``reviews`` when they are given.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be {TFIDF!r} or a Hub model id, got {name!r}")
     if name != TFIDF:
-        reward = HubSentiment(name, device=device, batch_size=batch_size, positive_label=positive_label)
+        reward = HubSentiment(name, device=device, batch_size=batch_size,
+                              positive_label=positive_label)
         if reviews:
             reward.evaluate([r.text for r in reviews], [r.label for r in reviews])
         if verbose:
-            print(f"sentiment reward: {name} ({HUB_MODELS.get(name, 'a sequence classifier')}), {reward!r}")
+            print(f"sentiment reward: {name} "
+                  f"({HUB_MODELS.get(name, 'a sequence classifier')}), {reward!r}")
         return reward
     if reviews is None:
         if n_reviews is None:

@@ -1,9 +1,9 @@
 """One rule for every stage of a run folder: built once, reused while its settings match.
 
-A stage is a folder. ``settings.json``, written last, says what made it; a stage whose settings match
-is reused, one started with the same settings but cut short resumes (its ``checkpoint/``), and any
-other is emptied and built again, with the reason printed. A stage names what it was built on by
-the ``settings`` of the stages it read, never by reading their files.
+A stage is a folder. ``settings.json``, written last, says what made it; a stage whose settings
+match is reused, one started with the same settings but cut short resumes (its ``checkpoint/``),
+and any other is emptied and built again, with the reason printed. A stage names what it was built
+on by the ``settings`` of the stages it read, never by reading their files.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def changes(old: dict, new: dict) -> list[str]:
 
 
 def stage(folder, settings: dict, build: Callable[[Path], None], name: str) -> Stage:
-    """The stage in ``folder``: reused when its settings equal ``settings``, else ``build(folder)``."""
+    """The stage in ``folder``: kept if its settings equal ``settings``, else ``build(folder)``."""
     folder = Path(folder)
     settings = json.loads(json.dumps(settings))  # as JSON reads it back: tuples become lists
     done, started = _read(folder / SETTINGS), _read(folder / BUILDING)
@@ -73,7 +73,8 @@ def stage(folder, settings: dict, build: Callable[[Path], None], name: str) -> S
         print(f"{name}: resuming {folder}")
     else:
         before = done if done is not None else started
-        why = "new" if before is None else f"settings changed ({', '.join(changes(before, settings))})"
+        why = ("new" if before is None
+               else f"settings changed ({', '.join(changes(before, settings))})")
         print(f"{name}: {why}; building {folder}")
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

@@ -1,7 +1,8 @@
 """Tabular softmax policies on toy problems, trained two ways toward the same π*.
 
-A tabular policy has one free logit θ(x, y) per prompt and response: π_θ(y|x) = softmax(θ(x, ·))_y.
-Both trainers start at π_ref (θ = log π_ref) and use Adam on the full batch:
+A tabular policy has one free logit θ(x, y) per prompt and response:
+π_θ(y|x) = softmax(θ(x, ·))_y. Both trainers start at π_ref (θ = log π_ref) and use Adam on the
+full batch:
 
 (a) ``ascend_objective``: gradient ascent on J(π) = E_π[r] − β KL(π ‖ π_ref) with the true
     reward — what RLHF's policy optimisation solves (DPO paper, Eq. 3);
@@ -23,7 +24,7 @@ from .validate import check_positive
 
 @dataclass(frozen=True)
 class PreferencePairs:
-    """Toy preference data: for pair k, response ``chosen[k]`` beat ``rejected[k]`` on ``prompt[k]``."""
+    """Toy preference data: in pair k, ``chosen[k]`` beat ``rejected[k]`` on ``prompt[k]``."""
 
     prompt: Tensor
     chosen: Tensor
@@ -41,8 +42,9 @@ class TrainingResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def sample_pairs(bandit: toy.Bandit, n_pairs: int, seed: int = 0, deterministic: bool = False) -> PreferencePairs:
-    """Pairs as in the paper: x uniform, two distinct responses y₁, y₂ from π_ref(·|x), then a label.
+def sample_pairs(bandit: toy.Bandit, n_pairs: int, seed: int = 0,
+                 deterministic: bool = False) -> PreferencePairs:
+    """Pairs as in the paper: x uniform, two distinct responses y₁, y₂ ~ π_ref(·|x), then a label.
 
     The label is a Bradley–Terry coin flip, p(y₁ ≻ y₂) = σ(r(x, y₁) − r(x, y₂)); with
     ``deterministic=True`` the higher-reward response always wins (noise-free preferences).
@@ -59,9 +61,8 @@ def sample_pairs(bandit: toy.Bandit, n_pairs: int, seed: int = 0, deterministic:
     if deterministic:
         first_wins = r_first > r_second
     else:
-        first_wins = torch.rand(n_pairs, generator=generator, dtype=r_first.dtype) < preference_probability(
-            r_first, r_second
-        )
+        first_wins = (torch.rand(n_pairs, generator=generator, dtype=r_first.dtype)
+                      < preference_probability(r_first, r_second))
     return PreferencePairs(
         prompt=prompt,
         chosen=torch.where(first_wins, first, second),
@@ -91,7 +92,8 @@ def _adam_loop(ref: Tensor, loss_fn, steps: int, lr: float, log_fn) -> TrainingR
     return TrainingResult(policy=logits.detach().softmax(-1), history=history)
 
 
-def ascend_objective(bandit: toy.Bandit, beta: float, steps: int = 2000, lr: float = 0.05) -> TrainingResult:
+def ascend_objective(bandit: toy.Bandit, beta: float, steps: int = 2000,
+                     lr: float = 0.05) -> TrainingResult:
     """Maximise the prompt-mean J(π_θ) by Adam; logs J and max |π_θ − π*| every step."""
     beta = check_positive("beta", beta)
     pi_star = toy.optimal_policy(bandit.ref, bandit.reward, beta)
@@ -136,7 +138,8 @@ def train_dpo(
     def loss_fn(logits):
         chosen, rejected = pair_logps(logits, pairs)
         loss, step_metrics = dpo_loss(
-            chosen, rejected, ref_chosen, ref_rejected, beta, loss_type=loss_type, label_smoothing=label_smoothing
+            chosen, rejected, ref_chosen, ref_rejected, beta, loss_type=loss_type,
+            label_smoothing=label_smoothing
         )
         metrics.update(step_metrics)
         return loss
@@ -151,20 +154,20 @@ def dpo_gradient_formula(logits: Tensor, bandit: toy.Bandit, pairs: PreferencePa
                          appendix_slip: bool = False) -> Tensor:
     """The sigmoid DPO loss's gradient w.r.t. tabular logits, by the paper's §4 formula:
 
-        ∇_θ L = −β/N Σ_k σ(r̂_l − r̂_w) (∇_θ log π(y_w|x) − ∇_θ log π(y_l|x)),
+        ∇_θ L = −β/N Σ_k σ(r̂_l − r̂_w) (∇_θ log π(y_w|x) − ∇_θ log π(y_l|x))
 
-    where for a softmax ∇_θ log π(y|x) = e_y − π(·|x) in row x, so the π terms cancel and
-    each pair adds −β σ(r̂_l − r̂_w) to θ(x, y_w) and the opposite to θ(x, y_l).
     ``appendix_slip=True`` uses σ(r̂_w − r̂_l) instead, as the appendix's Eq. 21 prints it.
     """
     beta = check_positive("beta", beta)
     with torch.no_grad():
         chosen, rejected = pair_logps(logits, pairs)
         ref_chosen, ref_rejected = pair_logps(bandit.ref.log(), pairs)
-        implicit_chosen, implicit_rejected = beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+        implicit_chosen, implicit_rejected = (beta * (chosen - ref_chosen),
+                                              beta * (rejected - ref_rejected))
         if appendix_slip:
             implicit_chosen, implicit_rejected = implicit_rejected, implicit_chosen
         weight = -beta * dpo_gradient_weight(implicit_chosen, implicit_rejected) / len(pairs)
+        # ∇_θ log π(y|x) = e_y − π(·|x) in row x: the π terms cancel within a pair
         grad = torch.zeros_like(logits)
         grad.index_put_((pairs.prompt, pairs.chosen), weight, accumulate=True)
         grad.index_put_((pairs.prompt, pairs.rejected), -weight, accumulate=True)

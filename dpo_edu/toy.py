@@ -23,8 +23,8 @@ from .validate import check_distribution, check_finite, check_positive, check_sa
 
 @contextmanager
 def one_thread():
-    """Run on one CPU thread: on toy-sized tensors, waking worker threads costs far more than the
-    arithmetic (measured 16× slower with two threads on a busy 2-core machine)."""
+    """Run on one CPU thread: on toy-sized tensors, waking worker threads costs more than the
+    arithmetic."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -60,10 +60,11 @@ def random_bandit(
     reward_scale: float = 1.0,
     seed: int = 0,
 ) -> Bandit:
-    """A reproducible random problem: π_ref from a softmax of N(0, 1) logits, r ~ N(0, reward_scale²)."""
+    """A reproducible random problem: π_ref = softmax of N(0, 1) logits, r ~ N(0, reward_scale²)."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(n_prompts, n_responses, generator=generator, dtype=torch.float64)
-    reward = reward_scale * torch.randn(n_prompts, n_responses, generator=generator, dtype=torch.float64)
+    reward = reward_scale * torch.randn(n_prompts, n_responses, generator=generator,
+                                        dtype=torch.float64)
     return Bandit(ref=logits.softmax(-1), reward=reward)
 
 
@@ -86,7 +87,7 @@ def optimal_policy(ref: Tensor, reward: Tensor, beta: float) -> Tensor:
 
 
 def kl_divergence(policy: Tensor, ref: Tensor) -> Tensor:
-    """KL(π ‖ π_ref)(x) = Σ_y π(y|x) log π(y|x)/π_ref(y|x), with 0 log 0 = 0; one value per prompt."""
+    """KL(π ‖ π_ref)(x) = Σ_y π(y|x) log π(y|x)/π_ref(y|x), 0 log 0 = 0; one value per prompt."""
     check_same_shape(policy=policy, ref=ref)
     support = policy > 0
     # Take logs of 1 off the support: masking NaN terms afterwards would still send NaN gradients.

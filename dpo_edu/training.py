@@ -1,8 +1,8 @@
 """The training loop every trainer shares: SFT, the reward model, DPO and PPO.
 
-A trainer supplies one ``step(batch, optimizer) -> metrics``; ``train_loop`` seeds, batches, checks,
-logs, evaluates, calls back and checkpoints the same way for all. One AdamW update (DPO paper, App. B:
-linear warmup) is θ ← AdamW(θ, clip(∇L), lr_t), lr_t = lr · min(1, (t + 1) / warmup).
+A trainer supplies one ``step(batch, optimizer) -> metrics``; ``train_loop`` seeds, batches,
+checks, logs, evaluates, calls back and checkpoints the same way for all. One AdamW update (DPO
+paper, App. B: linear warmup) is θ ← AdamW(θ, clip(∇L), lr_t), lr_t = lr · min(1, (t + 1) / warmup).
 Design notes: docs/notes.md#training.
 """
 
@@ -37,7 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW's decoupled decay, on matrices only (not biases, LayerNorms)
     adam_eps: float = 1e-8  # AdamW's ε (Huang et al. use 1e-5 for PPO)
     grad_clip: float | None = 1.0  # clip the global gradient norm to this; None: no clipping
-    grad_accum_steps: int = 1  # micro-batches per step, one backward each: same gradient, less memory
+    grad_accum_steps: int = 1  # micro-batches per step, one backward each: same gradient
     seed: int = 0  # seeds torch and random, and the shuffle of each epoch
     disable_dropout: bool = True  # every dropout p set to 0 (TRL's disable_dropout)
     log_every: int = 10  # call the callback every this many steps (every step is logged)
@@ -113,7 +113,7 @@ def make_optimizer(model: nn.Module, lr: float, total_steps: int, warmup_steps: 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad is False everywhere)")
-    # Decay matrices (weights of Linear/Embedding) only; decaying biases and LayerNorm gains only hurts.
+    # Decay matrices (Linear/Embedding weights) only; decaying biases and LayerNorm gains hurts.
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, eps=eps)
@@ -132,8 +132,9 @@ class Optimizer:
 
     def __init__(self, model: nn.Module, config: TrainConfig, total_steps: int):
         self.model, self.grad_clip = model, config.grad_clip
-        self.adamw, self.schedule = make_optimizer(model, config.lr, total_steps, config.warmup_steps,
-                                                   config.weight_decay, config.schedule, config.adam_eps)
+        self.adamw, self.schedule = make_optimizer(model, config.lr, total_steps,
+                                                   config.warmup_steps, config.weight_decay,
+                                                   config.schedule, config.adam_eps)
 
     @property
     def lr(self) -> float:
@@ -212,7 +213,8 @@ def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
     if not params:
         return 0.0
     if max_norm is None:
-        return torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])).item()
+        return torch.linalg.vector_norm(
+            torch.stack([p.grad.detach().norm() for p in params])).item()
     return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
 
 
@@ -243,7 +245,7 @@ def accumulate_gradients(loss_fn: Callable[[list], tuple[Tensor, dict]], batch: 
 
 
 def minimize(loss_fn: Callable[[list], tuple[Tensor, dict]], micro_batches: int = 1):
-    """The ``step`` of a supervised trainer: one optimiser step on ``loss_fn(rows) -> (loss, metrics)``."""
+    """A supervised trainer's ``step``: one AdamW step on ``loss_fn(rows) -> (loss, metrics)``."""
 
     def step(batch: Batch, optimizer: Optimizer) -> dict:
         optimizer.zero_grad()
@@ -263,12 +265,8 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
                show: Sequence[str] = ("loss",)) -> list[dict]:
     """Train ``model`` on ``items``; returns the metrics, one dict per step.
 
-    ``step(batch, optimizer)`` does one training step and returns its metrics. ``eval_fn()``'s
-    metrics join the log every ``eval_every`` steps and after the last; ``callback(step, row)`` runs
-    every ``log_every``. With ``checkpoint_dir``, the run saves every ``save_every`` steps and resumes
-    from a checkpoint there to the numbers of an uninterrupted run: ``state`` holds a trainer's own
-    resumable values; ``settings``, what else its numbers depend on (a checkpoint of others is
-    refused). ``show``: the metrics on the progress bar.
+    ``step(batch, optimizer) -> metrics`` is one step; ``show`` names the progress bar's metrics.
+    With ``checkpoint_dir`` it resumes; ``state``: resumable values; ``settings``: what must match.
     """
     from tqdm.auto import tqdm
 
@@ -278,7 +276,7 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
     if config.disable_dropout:
         disable_dropout(model)
     optimizer = Optimizer(model, config, total)
-    key = {**result_settings(config), **(settings or {})}  # what a checkpoint must have been made with
+    key = {**result_settings(config), **(settings or {})}  # what a checkpoint must be made with
     done, metrics = 0, []
     found = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     if found is not None:

@@ -22,7 +22,7 @@ def check_positive(name: str, value: float) -> float:
 
 
 def check_int(name: str, value, minimum: int) -> int:
-    """``value`` if it is an int (not a bool) of at least ``minimum``, else a ValueError naming ``name``."""
+    """``value`` if it is an int (not a bool) ≥ ``minimum``, else a ValueError naming ``name``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name} must be an int ≥ {minimum}, got {value!r}")
     return value
@@ -50,7 +50,8 @@ def check_distribution(name: str, probs: Tensor, atol: float = 1e-5) -> Tensor:
     check_finite(name, probs)
     if (probs < 0).any():
         index = tuple(int(i) for i in (probs < 0).nonzero()[0])
-        raise ValueError(f"{name} has a negative probability {probs[index].item()} at index {index}")
+        raise ValueError(f"{name} has a negative probability {probs[index].item()} "
+                         f"at index {index}")
     sums = probs.sum(-1)
     off = (sums - 1).abs() > atol
     if off.any():

@@ -24,7 +24,8 @@ from . import bradley_terry, plots, toy
 READOUT_CLASS = "dpo-edu-readout"
 
 
-def explorer(controls: dict[str, widgets.Widget], render: Callable[..., tuple[Figure, str]]) -> widgets.VBox:
+def explorer(controls: dict[str, widgets.Widget],
+             render: Callable[..., tuple[Figure, str]]) -> widgets.VBox:
     """Wire ``controls`` to ``render(**values) -> (figure, readout text)``; draw once now."""
     output = widgets.Output()
     readout = widgets.HTML()
@@ -47,20 +48,25 @@ def _slider_style() -> dict:
     return {"continuous_update": False, "style": {"description_width": "initial"}}
 
 
-def explore_bradley_terry(n_items: int = 8, counts=(25, 50, 100, 200, 500, 1000, 2000, 5000, 10000), seed: int = 0):
+def explore_bradley_terry(n_items: int = 8,
+                          counts=(25, 50, 100, 200, 500, 1000, 2000, 5000, 10000), seed: int = 0):
     """Sliders: number of comparisons and reward scale → fitted vs hidden rewards."""
 
     def render(n_comparisons, reward_scale):
-        recovery = bradley_terry.recovery_experiment(n_items, n_comparisons, reward_scale, seed=seed)
-        text = f"n = {n_comparisons:,} comparisons, reward scale {reward_scale:.2f}: RMS error {recovery.error:.3f}"
+        recovery = bradley_terry.recovery_experiment(n_items, n_comparisons, reward_scale,
+                                                     seed=seed)
+        text = (f"n = {n_comparisons:,} comparisons, reward scale {reward_scale:.2f}: "
+                f"RMS error {recovery.error:.3f}")
         return plots.plot_bt_recovery(recovery), text
 
     controls = {
         "n_comparisons": widgets.SelectionSlider(
-            options=list(counts), value=counts[len(counts) // 2], description="comparisons", **_slider_style()
+            options=list(counts), value=counts[len(counts) // 2], description="comparisons",
+            **_slider_style()
         ),
         "reward_scale": widgets.FloatSlider(
-            value=1.0, min=0.1, max=5.0, step=0.1, description="reward scale", readout_format=".2f", **_slider_style()
+            value=1.0, min=0.1, max=5.0, step=0.1, description="reward scale", readout_format=".2f",
+            **_slider_style()
         ),
     }
     return explorer(controls, render)
@@ -74,33 +80,37 @@ def explore_optimal_policy(ref, reward, beta: float = 1.0):
         pi_star = toy.optimal_policy(ref[None], reward[None], beta)
         kl = toy.kl_divergence(pi_star, ref[None]).item()
         expected = toy.expected_reward(pi_star, reward[None]).item()
-        text = f"β = {beta:.2f}: KL(π*‖π_ref) = {kl:.3f}, E[r] = {expected:.3f}, max π* = {pi_star.max().item():.3f}"
+        text = (f"β = {beta:.2f}: KL(π*‖π_ref) = {kl:.3f}, E[r] = {expected:.3f}, "
+                f"max π* = {pi_star.max().item():.3f}")
         return plots.plot_optimal_policy(ref, reward, beta, betas), text
 
     controls = {
         "beta": widgets.FloatLogSlider(
-            value=beta, base=10, min=-2, max=2, step=0.05, description="β", readout_format=".2f", **_slider_style()
+            value=beta, base=10, min=-2, max=2, step=0.05, description="β", readout_format=".2f",
+            **_slider_style()
         )
     }
     return explorer(controls, render)
 
 
 def explore_dpo_loss(margin: float = 0.0, label_smoothing: float = 0.1):
-    """Sliders: the margin h = r̂_w − r̂_l and cDPO's ε → the losses and DPO's gradient weight σ(−h)."""
+    """Sliders: margin h = r̂_w − r̂_l and cDPO's ε → the losses and DPO's gradient weight σ(−h)."""
 
     def render(margin, label_smoothing):
         loss = math.log1p(math.exp(-margin))  # −log σ(h)
         weight = 1 / (1 + math.exp(margin))  # σ(r̂_l − r̂_w)
-        text = f"margin h = {margin:.2f}: DPO loss {loss:.3f}, gradient weight σ(−h) = {weight:.3f}"
+        text = (f"margin h = {margin:.2f}: DPO loss {loss:.3f}, "
+                f"gradient weight σ(−h) = {weight:.3f}")
         return plots.plot_dpo_loss(margin, label_smoothing), text
 
     controls = {
         "margin": widgets.FloatSlider(
-            value=margin, min=-5.0, max=5.0, step=0.25, description="margin h", readout_format=".2f", **_slider_style()
+            value=margin, min=-5.0, max=5.0, step=0.25, description="margin h",
+            readout_format=".2f", **_slider_style()
         ),
         "label_smoothing": widgets.FloatSlider(
-            value=label_smoothing, min=0.0, max=0.45, step=0.05, description="cDPO ε", readout_format=".2f",
-            **_slider_style()
+            value=label_smoothing, min=0.0, max=0.45, step=0.05, description="cDPO ε",
+            readout_format=".2f", **_slider_style()
         ),
     }
     return explorer(controls, render)
@@ -114,18 +124,20 @@ def samples_table(sample: dict, model_scores=None) -> str:
         + "</tr>"
         for i, (text, reward) in enumerate(zip(sample["completions"], sample["rewards"]))
     )
-    head = "<tr><th>#</th><th>completion</th><th>reward</th>" + ("<th>r_φ</th>" if model_scores is not None else "")
+    head = ("<tr><th>#</th><th>completion</th><th>reward</th>"
+            + ("<th>r_φ</th>" if model_scores is not None else ""))
     rewards = sample["rewards"]
     pairs = ", ".join(
         f"{i} ≻ {j}" if rewards[i] > rewards[j] else f"{j} ≻ {i}"
         for i, j in combinations(range(len(rewards)), 2)
         if rewards[i] != rewards[j]
     )
-    return f"<b>{html.escape(sample['prompt'])}</b> …<table>{head}</tr>{rows}</table>pairs: {pairs}"
+    return (f"<b>{html.escape(sample['prompt'])}</b> …<table>{head}</tr>{rows}</table>"
+            f"pairs: {pairs}")
 
 
 def explore_samples(samples: list[dict], model_scores: list[list[float]] | None = None):
-    """A prompt slider → its sampled completions, their ground-truth rewards (and reward-model scores), its pairs.
+    """A prompt slider → its completions, ground-truth rewards (and reward-model scores) and pairs.
 
     ``samples`` are rows of ``pairs/samples.jsonl``: ``{"prompt", "completions", "rewards"}``.
     """
@@ -147,7 +159,7 @@ def explore_samples(samples: list[dict], model_scores: list[list[float]] | None 
 def explore_runs(runs: dict, reference_reward: float):
     """Pick a run → its points highlighted on the reward–KL frontier and its latest samples listed.
 
-    ``runs`` maps a run name to what ``pipeline.dpo_run`` / ``ppo_run`` return (``.metrics``, ``.samples``).
+    ``runs``: name → what ``pipeline.dpo_run`` / ``ppo_run`` return (``.metrics``, ``.samples``).
     """
     frontier = {name: run.metrics for name, run in runs.items()}
 
@@ -161,9 +173,11 @@ def explore_runs(runs: dict, reference_reward: float):
         last = [row for row in runs[run].metrics if "eval/reward" in row][-1]
         text = (
             f"{run}: reward {last['eval/reward']:.3f}, KL {last['eval/kl']:.2f}"
-            f"<table><tr><th>prompt</th><th>completion</th><th>reward</th><th>KL</th></tr>{rows}</table>"
+            f"<table><tr><th>prompt</th><th>completion</th><th>reward</th><th>KL</th></tr>"
+            f"{rows}</table>"
         )
         return plots.plot_frontier(frontier, reference_reward, highlight=run), text
 
-    controls = {"run": widgets.Dropdown(options=list(runs), value=next(iter(runs)), description="run")}
+    controls = {"run": widgets.Dropdown(options=list(runs), value=next(iter(runs)),
+                                        description="run")}
     return explorer(controls, render)
