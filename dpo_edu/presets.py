@@ -171,6 +171,7 @@ _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "tuple": 
           "None": type(None)}  # what a field of each annotation accepts
 
 
+# Preset's sections by the name their annotation carries (annotations are strings here)
 _SECTIONS = {cls.__name__: cls for cls in (ToySizes, ModelConfig, DataConfig, Generation,
                                             GroundTruthConfig, PairsConfig, SFTConfig, RewardConfig,
                                             DPOConfig, PPOConfig, Frontier)}
