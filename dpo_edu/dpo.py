@@ -17,8 +17,8 @@ from torch import Tensor
 
 from .data import Report
 from .losses import LOSS_TYPES, dpo_loss
-from .models import response_logps, token_ids
-from .preferences import PAIR_FIELDS
+from .models import response_logps
+from .preferences import EOS_RULES, SIDES, pair_token_ids
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int, check_positive
 
@@ -35,7 +35,8 @@ class DPOConfig(TrainConfig):
     loss_type: str = "sigmoid"  # "sigmoid" (Eq. 7), "ipo" (length-normalised, as TRL) or "hinge"
     label_smoothing: float = 0.0  # cDPO's ε: each label flipped with probability ε (sigmoid)
     max_length: int = 64  # tokens per row, prompt + response + EOS; longer rows lose their end
-    append_eos: bool = True  # end every response with EOS, as TRL: stopping is learned too
+    append_eos: str = "auto"  # EOS after a response: "ended" (where π_ref emitted it), "always"
+    # (TRL's), "never"; "auto": "ended" when the records carry chosen_ended, else "always"
     length_buckets: int = 1  # forward passes per step, rows sorted by length: less padding on a CPU
     ref_batch_size: int | None = None  # pairs per pass of the π_ref precompute; None: batch_size
     eval_batch_size: int = 64  # pairs per forward pass in evaluate_pairs
@@ -52,6 +53,8 @@ class DPOConfig(TrainConfig):
             raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not "
                              f"{self.loss_type!r}")
         check_int("max_length", self.max_length, 2)  # a prompt token and a response token at least
+        if self.append_eos not in EOS_RULES:
+            raise ValueError(f"append_eos must be one of {EOS_RULES}, got {self.append_eos!r}")
         for name in ("length_buckets", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
         if self.ref_batch_size is not None:
@@ -61,7 +64,7 @@ class DPOConfig(TrainConfig):
 # --- tokens and batches ---------------------------------------------------------------------------
 
 
-def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos: bool = True
+def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos: str = "auto"
                    ) -> tuple[list[dict], Report]:
     """``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` (TRL's names) and ``index`` of each pair.
 
@@ -73,21 +76,13 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], max_length: int, append_eos
         raise ValueError("tokenizer needs a pad token distinct from EOS "
                          "(models.load_tokenizer adds one)")
     report, rows = Report("tokenize_pairs", total=len(pairs)), []
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, dict) or not all(k in pair for k in PAIR_FIELDS):
-            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', "
-                             f"got {pair!r}")
-        prompt = token_ids(tokenizer, pair["prompt"])
-        if not prompt:  # the first response token is predicted from the last prompt position
-            raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
+    for i, (prompt, *responses) in enumerate(pair_token_ids(tokenizer, pairs, append_eos)):
         if len(prompt) >= max_length:
             report.skip(i, f"prompt alone has ≥ max_length={max_length} tokens: "
                            "no response token left")
             continue
         row, room = {"index": i, "prompt_ids": prompt}, max_length - len(prompt)
-        for side in ("chosen", "rejected"):
-            ids = (token_ids(tokenizer, pair[side])
-                   + ([tokenizer.eos_token_id] if append_eos else []))
+        for side, ids in zip(SIDES, responses):
             if len(ids) > room:
                 ids = ids[:room]  # keep_start: the end of the response goes
                 report.truncate(f"{side} cut to fit max_length={max_length} tokens")

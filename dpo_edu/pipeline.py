@@ -129,11 +129,11 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
                 "generation": asdict(preset.generation)}
 
     def sample(folder: Path) -> None:
-        completions = preferences.sample_completions(ref.policy, ref.tokenizer, prompts,
-                                                     config.completions, preset.generation, seed,
-                                                     config.batch_size)
-        data.save_jsonl([{"prompt": p, "completions": c} for p, c in zip(prompts, completions)],
-                        folder / SAMPLES)
+        completions, ended = preferences.sample_completions(
+            ref.policy, ref.tokenizer, prompts, config.completions, preset.generation, seed,
+            config.batch_size)  # ended: whether π_ref emitted EOS, kept with every completion
+        data.save_jsonl([{"prompt": p, "completions": c, "ended": e}
+                         for p, c, e in zip(prompts, completions, ended)], folder / SAMPLES)
 
     samples = stage(run_dir / "samples", sampling, sample, "π_ref's samples")
     labelling = {"samples": samples.settings, "reward": preferences.reward_fingerprint(reward),
@@ -142,7 +142,8 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
     def label(folder: Path) -> None:
         rows = data.load_jsonl(samples.folder / SAMPLES)
         pairs, scored, summary = preferences.make_preference_data(
-            [r["prompt"] for r in rows], [r["completions"] for r in rows], reward)
+            [r["prompt"] for r in rows], [r["completions"] for r in rows], reward,
+            ended=[r["ended"] for r in rows])
         data.save_jsonl(pairs, folder / "pairs.jsonl")
         data.save_jsonl(scored, folder / "scored.jsonl")
         (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=1),

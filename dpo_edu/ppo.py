@@ -165,12 +165,11 @@ class Rollout:
         return {key: value[index] for key, value in self.batch.items()}
 
 
-def _scores(score_fn, tokenizer, prompts, texts, responses, ended) -> Tensor:
-    """s(x, y): r_φ at the last token of y's own tokens (EOS off, as trained), or, for PPO-GT, any
-    callable texts → rewards read on prompt ⊕ completion."""
+def _scores(score_fn, tokenizer, prompts, texts, responses) -> Tensor:
+    """s(x, y): r_φ at the last token of y as sampled (EOS too where π_θ emitted it, as the pairs it
+    learned from), or, for PPO-GT, any callable texts → rewards read on prompt ⊕ completion."""
     if isinstance(score_fn, RewardModel):
-        return reward_model_score(score_fn, tokenizer, prompts,
-                                  [r[:-1] if e else r for r, e in zip(responses, ended)])
+        return reward_model_score(score_fn, tokenizer, prompts, responses)
     return score_fn([p + t for p, t in zip(prompts, texts)])
 
 
@@ -209,7 +208,7 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
                                  for k in ("logps", "entropy", "values"))
     ref_logprobs = torch.cat(ref_parts)
     ended = [r[-1] == tokenizer.eos_token_id for r in responses]
-    raw = _scores(score_fn, tokenizer, prompts, texts, responses, ended)
+    raw = _scores(score_fn, tokenizer, prompts, texts, responses)
     raw = torch.as_tensor(raw, dtype=torch.float32).reshape(-1).to(device)
     if len(raw) != len(prompts):
         raise ValueError(f"score_fn returned {len(raw)} scores for {len(prompts)} texts")

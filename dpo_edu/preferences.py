@@ -17,10 +17,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .data import Report, encode_text, train_eval_split
+from .models import token_ids
 from .sampling import Generation, generate
 from .validate import check_int
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")  # a record's texts (TRL's explicit-prompt format)
+SIDES = ("chosen", "rejected")
+ENDED_FIELDS = ("chosen_ended", "rejected_ended")  # whether π_ref emitted EOS after each response
+EOS_RULES = ("auto", "ended", "always", "never")  # when a trainer scores an EOS after a response
 # A fixed probe: its scores on these texts fingerprint any reward, a callable included.
 PROBE_TEXTS = ("This movie was wonderful, I loved every minute.", "A dull, boring waste of time.",
                "The plot was fine but the acting", "I have seen better.", "", "Brilliant! 10/10")
@@ -138,20 +142,23 @@ def filter_pairs(rows: Sequence[dict], max_chars: int | None = None, tokenizer: 
 
 
 def make_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]],
-               scores: Sequence[Sequence[float]]) -> tuple[list[dict], Report]:
+               scores: Sequence[Sequence[float]], ended: Sequence[Sequence[bool]] | None = None
+               ) -> tuple[list[dict], Report]:
     """Every pair of completions of a prompt, the higher-scored one ``chosen`` (paper §6.1: 4 → 6).
 
-    Records carry ``chosen_reward``, ``rejected_reward`` and ``prompt_id`` (the prompt's
-    index). Pairs with equal scores or identical texts carry no preference: skipped, reported.
+    Records carry ``chosen_reward``, ``rejected_reward``, ``prompt_id`` and, with ``ended``,
+    ``chosen_ended`` / ``rejected_ended``. Equal scores or identical texts: skipped, reported.
     """
-    if not len(prompts) == len(completions) == len(scores):
-        raise ValueError(f"prompts, completions and scores must have one entry per prompt, got "
-                         f"{len(prompts)}, {len(completions)}, {len(scores)}")
+    ended = ended if ended is not None else [None] * len(prompts)
+    if not len(prompts) == len(completions) == len(scores) == len(ended):
+        raise ValueError(f"prompts, completions, scores and ended must have one entry per prompt, "
+                         f"got {len(prompts)}, {len(completions)}, {len(scores)}, {len(ended)}")
     pairs: list[dict] = []
     report = Report("make_pairs")
-    for p, (prompt, texts, values) in enumerate(zip(prompts, completions, scores)):
-        if len(texts) != len(values):
-            raise ValueError(f"prompt {p}: {len(texts)} completions but {len(values)} scores")
+    for p, (prompt, texts, values, stops) in enumerate(zip(prompts, completions, scores, ended)):
+        if len(texts) != len(values) or (stops is not None and len(stops) != len(texts)):
+            raise ValueError(f"prompt {p}: {len(texts)} completions but {len(values)} scores"
+                             + ("" if stops is None else f" and {len(stops)} ended flags"))
         for a in range(len(texts)):
             for b in range(a + 1, len(texts)):
                 report.total += 1
@@ -159,11 +166,50 @@ def make_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]],
                     report.skip(report.total - 1, "tie: equal scores or identical completions")
                     continue
                 w, l = (a, b) if values[a] > values[b] else (b, a)
-                pairs.append({"prompt": prompt, "chosen": texts[w], "rejected": texts[l],
-                              "chosen_reward": float(values[w]),
-                              "rejected_reward": float(values[l]),
-                              "prompt_id": p})
+                pair = {"prompt": prompt, "chosen": texts[w], "rejected": texts[l],
+                        "chosen_reward": float(values[w]), "rejected_reward": float(values[l]),
+                        "prompt_id": p}
+                if stops is not None:  # did π_ref emit EOS after it? (the EOS rule of dpo and RM)
+                    pair.update(chosen_ended=bool(stops[w]), rejected_ended=bool(stops[l]))
+                pairs.append(pair)
     return pairs, report
+
+
+def eos_rule(pairs: Sequence[dict], append_eos: str) -> str:
+    """``append_eos`` resolved: "auto" is "ended" when every record says whether its responses
+    ended (``chosen_ended``, ``rejected_ended``), "always" (TRL's rule) when none does."""
+    if append_eos not in EOS_RULES:
+        raise ValueError(f"append_eos must be one of {EOS_RULES}, got {append_eos!r}")
+    flagged = [all(f in pair for f in ENDED_FIELDS) for pair in pairs if isinstance(pair, dict)]
+    if append_eos == "ended" and not all(flagged):
+        raise ValueError(f"pairs[{flagged.index(False)}] does not say whether its responses ended "
+                         f"({', '.join(ENDED_FIELDS)}): use append_eos='always' or 'never'")
+    if append_eos != "auto":
+        return append_eos
+    if any(flagged) and not all(flagged):
+        raise ValueError(f"pairs[{flagged.index(False)}] lacks {', '.join(ENDED_FIELDS)}, which "
+                         "other records have: give every record the flags, or choose append_eos")
+    return "ended" if flagged and all(flagged) else "always"
+
+
+def pair_token_ids(tokenizer, pairs: Sequence[dict], append_eos: str = "auto"
+                   ) -> list[tuple[list[int], list[int], list[int]]]:
+    """``(prompt, chosen, rejected)`` token ids of each record, each response followed by EOS as
+    :func:`eos_rule` says; a record that is not one raises, naming its index."""
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not all(k in pair for k in PAIR_FIELDS):
+            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', "
+                             f"got {pair!r}")
+    rule, eos = eos_rule(pairs, append_eos), [tokenizer.eos_token_id]
+    out = []
+    for i, pair in enumerate(pairs):
+        prompt = token_ids(tokenizer, pair["prompt"])
+        if not prompt:  # the first response token is predicted from the last prompt position
+            raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
+        ended = [rule == "always" or (rule == "ended" and pair[f"{side}_ended"]) for side in SIDES]
+        out.append((prompt, *(token_ids(tokenizer, pair[side]) + eos * stop
+                              for side, stop in zip(SIDES, ended))))
+    return out
 
 
 # --- sampling and labelling ----------------------------------------------------------------------
@@ -186,17 +232,19 @@ def _check_k(k: int) -> int:
 
 def sample_completions(policy, tokenizer, prompts: Sequence[str], k: int = 4,
                        generation: Generation | None = None, seed: int = 0, batch_size: int = 64,
-                       progress: bool | None = None) -> list[list[str]]:
-    """``k`` independent samples of π(·|x) per prompt (texts without it), prompt i's at ``[i]``.
-
-    A seed fixes them for a given ``batch_size`` (the batches share one random stream).
-    """
+                       progress: bool | None = None) -> tuple[list[list[str]], list[list[bool]]]:
+    """``(completions, ended)``: ``k`` independent samples of π(·|x) per prompt (texts without it),
+    prompt i's at ``[i]``, and whether each ended with EOS; a seed fixes them for a batch_size."""
     prompts, k = _check_prompts(prompts), _check_k(k)
     generation = generation if generation is not None else Generation()
     repeated = [prompt for prompt in prompts for _ in range(k)]  # [x0, x0, x0, x0, x1, ...]
-    texts = generate(policy, tokenizer, repeated, generation.max_new_tokens, generation.temperature,
-                     seed=seed, batch_size=batch_size, progress=progress)
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+    texts, ids, mask = generate(policy, tokenizer, repeated, generation.max_new_tokens,
+                                generation.temperature, seed=seed, batch_size=batch_size,
+                                return_ids=True, progress=progress)
+    last = ids.gather(1, (mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)  # last sampled
+    stops = (last == tokenizer.eos_token_id).tolist()
+    return ([texts[i * k:(i + 1) * k] for i in range(len(prompts))],
+            [stops[i * k:(i + 1) * k] for i in range(len(prompts))])
 
 
 def score_completions(prompts: Sequence[str], completions: Sequence[Sequence[str]],
@@ -235,9 +283,9 @@ def _rewards(reward: Callable, texts: list[str]) -> list[float]:
     return values
 
 
-def _label_scored(prompts, completions, scores) -> tuple[list[dict], Report]:
+def _label_scored(prompts, completions, scores, ended=None) -> tuple[list[dict], Report]:
     """make_pairs (every pair, ties skipped), then drop pairs with a blank side; one report."""
-    pairs, ties = make_pairs(prompts, completions, scores)
+    pairs, ties = make_pairs(prompts, completions, scores, ended)
     # A completion can be empty (the policy's first token was EOS): a record needs a non-empty
     # chosen and rejected, so such pairs are dropped by filter_pairs and reported, never silently.
     kept, blank = filter_pairs(pairs)
@@ -273,15 +321,16 @@ def split_by_prompt(pairs: Sequence[dict], eval_size: int | float,
 
 
 def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[str]],
-                         reward: Callable, score_prompt: bool = True
+                         reward: Callable, score_prompt: bool = True,
+                         ended: Sequence[Sequence[bool]] | None = None
                          ) -> tuple[list[dict], list[dict], PreferenceSummary]:
     """``(pairs, scored, summary)``: every pair of each prompt's completions labelled by ``reward``.
 
-    ``scored`` holds each prompt's completions with their rewards.
+    ``scored`` holds each prompt's completions with their rewards (and ``ended`` flags).
     """
     prompts = _check_prompts(prompts)
     scores = score_completions(prompts, completions, reward, score_prompt)
-    pairs, report = _label_scored(prompts, completions, scores)
+    pairs, report = _label_scored(prompts, completions, scores, ended)
     validate_pairs(pairs)  # never hand on a record a trainer would reject
     flat = torch.tensor([v for group in scores for v in group], dtype=torch.float64)
     margins = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
@@ -293,6 +342,9 @@ def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[
         mean_margin=sum(margins) / len(margins) if margins else 0.0)
     scored = [{"prompt_id": i, "prompt": prompt, "completions": list(group), "rewards": values}
               for i, (prompt, group, values) in enumerate(zip(prompts, completions, scores))]
+    if ended is not None:
+        for row, stops in zip(scored, ended):
+            row["ended"] = [bool(s) for s in stops]
     return pairs, scored, summary
 
 

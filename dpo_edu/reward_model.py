@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .losses import bradley_terry_loss
 from .models import encode_pairs, load_local_or_hub, position_ids_from_mask, token_ids
+from .preferences import EOS_RULES, pair_token_ids
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int
 
@@ -132,29 +133,16 @@ class RewardConfig(TrainConfig):
     batch_size: int = 16  # preference pairs per step (2 × batch_size sequences in one forward pass)
     center_rewards_coefficient: float = 0.0  # loss + c · E[(r_w + r_l)²]: pulls rewards to 0 (TRL)
     eval_batch_size: int = 32  # pairs per forward pass when evaluating
+    append_eos: str = "auto"  # EOS after a response, as DPO's (preferences.eos_rule): r_φ reads it
 
     def __post_init__(self):
         super().__post_init__()
+        if self.append_eos not in EOS_RULES:
+            raise ValueError(f"append_eos must be one of {EOS_RULES}, got {self.append_eos!r}")
         c = self.center_rewards_coefficient
         if not (isinstance(c, (int, float)) and 0 <= c < float("inf")):
             raise ValueError(f"center_rewards_coefficient must be a finite number ≥ 0, got {c!r}")
         check_int("eval_batch_size", self.eval_batch_size, 1)
-
-
-def _tokenize_pairs(tokenizer, pairs: Sequence[dict]
-                    ) -> list[tuple[list[int], list[int], list[int]]]:
-    """``(prompt, chosen, rejected)`` token ids of each pair; a bad row raises, naming its index."""
-    out = []
-    for i, pair in enumerate(pairs):
-        if (not isinstance(pair, dict)
-            or not all(k in pair for k in ("prompt", "chosen", "rejected"))):
-            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', "
-                             f"got {pair!r}")
-        ids = tuple(token_ids(tokenizer, pair[k]) for k in ("prompt", "chosen", "rejected"))
-        if not ids[0]:
-            raise ValueError(f"pairs[{i}]['prompt'] is empty: a prompt needs at least one token")
-        out.append(ids)
-    return out
 
 
 def _pair_rewards(model: RewardModel, tokenizer, batch) -> tuple[Tensor, Tensor]:
@@ -177,9 +165,13 @@ def _pair_metrics(chosen: Tensor, rejected: Tensor, prefix: str = "") -> dict:
 
 @torch.no_grad()
 def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence,
-          batch_size: int = 32) -> Tensor:
-    """r_φ(x, y) of each (prompt, response), float32 on the CPU; texts or token-id lists."""
+          batch_size: int = 32, ended: Sequence[bool] | None = None) -> Tensor:
+    """r_φ(x, y) of each (prompt, response), float32 on the CPU; texts or token-id lists, with EOS
+    appended to the responses ``ended`` marks (as the pairs the model learned from)."""
     check_int("batch_size", batch_size, 1)
+    if ended is not None:
+        responses = [token_ids(tokenizer, r) + [tokenizer.eos_token_id] * bool(stop)
+                     for r, stop in zip(responses, ended)]
     was_training = model.training
     model.eval()
     out = []
@@ -194,12 +186,12 @@ def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence,
 
 
 @torch.no_grad()
-def evaluate_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
-                          batch_size: int = 32) -> dict:
-    """Held-out ``eval_loss`` (Eq. 2), ``eval_accuracy`` (r_w > r_l), ``eval_margin``, r's range."""
-    tokenized = _tokenize_pairs(tokenizer, pairs)
+def pair_scores(model: RewardModel, tokenizer, pairs: Sequence[dict], batch_size: int = 32,
+                append_eos: str = "auto") -> tuple[Tensor, Tensor]:
+    """``(r(x, y_w), r(x, y_l))`` of preference records, read as training reads them."""
+    tokenized = pair_token_ids(tokenizer, pairs, append_eos)
     if not tokenized:
-        raise ValueError("pairs is empty: nothing to evaluate")
+        raise ValueError("pairs is empty: nothing to score")
     was_training = model.training
     model.eval()
     try:
@@ -207,15 +199,21 @@ def evaluate_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
                   for s in range(0, len(tokenized), batch_size)]
     finally:
         model.train(was_training)
-    chosen, rejected = torch.cat([c for c, _ in scored]), torch.cat([r for _, r in scored])
+    return torch.cat([c for c, _ in scored]).cpu(), torch.cat([r for _, r in scored]).cpu()
+
+
+def evaluate_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
+                          batch_size: int = 32, append_eos: str = "auto") -> dict:
+    """Held-out ``eval_loss`` (Eq. 2), ``eval_accuracy`` (r_w > r_l), ``eval_margin``, r's range."""
+    chosen, rejected = pair_scores(model, tokenizer, pairs, batch_size, append_eos)
     return {"eval_loss": bradley_terry_loss(chosen, rejected).item(),
             **_pair_metrics(chosen, rejected, "eval_")}
 
 
 def pair_accuracy(model: RewardModel, tokenizer, pairs: Sequence[dict],
-                  batch_size: int = 32) -> float:
+                  batch_size: int = 32, append_eos: str = "auto") -> float:
     """Fraction of pairs with r(x, y_w) > r(x, y_l): the held-out accuracy of notebook 04."""
-    return evaluate_reward_model(model, tokenizer, pairs, batch_size)["eval_accuracy"]
+    return evaluate_reward_model(model, tokenizer, pairs, batch_size, append_eos)["eval_accuracy"]
 
 
 @torch.no_grad()
@@ -245,7 +243,7 @@ def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
     if not isinstance(model, RewardModel):
         raise ValueError(f"model must be a RewardModel (RewardModel.from_policy), "
                          f"got {type(model).__name__}")
-    tokenized = _tokenize_pairs(tokenizer, pairs)
+    tokenized = pair_token_ids(tokenizer, pairs, config.append_eos)
 
     def loss_fn(rows):
         chosen, rejected = _pair_rewards(model, tokenizer, rows)
@@ -258,7 +256,8 @@ def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
     eval_fn = None
     if eval_pairs is not None:
         def eval_fn():
-            return evaluate_reward_model(model, tokenizer, eval_pairs, config.eval_batch_size)
+            return evaluate_reward_model(model, tokenizer, eval_pairs, config.eval_batch_size,
+                                         config.append_eos)
 
     metrics = train_loop(model, tokenized, minimize(loss_fn, config.grad_accum_steps), config,
                          callback=callback, checkpoint_dir=checkpoint_dir, eval_fn=eval_fn,

@@ -144,7 +144,16 @@ record("classifier_accuracy", reward.accuracy)
 # completions, and **every** pair of them becomes a preference labelled by the ground truth:
 # $\binom{4}{2} = 6$ pairs per prefix, the completion with the higher $r^*$ as $y_w$ ("chosen").
 # (Ties are counted and reported, never silently dropped.) Sampling is batched with left padding
-# and the KV cache, and the result is cached in `pairs/` with the settings that produced it.
+# and the KV cache; the samples are cached in `samples/`, their labels in `pairs/`, each with the
+# settings that produced it.
+#
+# **Where a sample ends.** A completion stops when $\pi_\text{ref}$ samples the end-of-sequence token,
+# or is cut at `max_new_tokens`. Every completion keeps which (`ended`), and the pair records carry it
+# (`chosen_ended`, `rejected_ended`): DPO, the reward model and PPO score an EOS after a response only
+# where $\pi_\text{ref}$ emitted one. The pairs are then exactly $\pi_\text{ref}$'s samples, as the paper's
+# §6.1 assumes; appending EOS everywhere (TRL's rule for datasets that do not say) would add to every
+# implicit reward a term $\beta[\log\pi(\text{EOS}) - \log\pi_\text{ref}(\text{EOS})]$ about a token
+# $\pi_\text{ref}$ rarely chose there.
 #
 # Whole prefixes are held out (all six of their pairs) to measure the reward model on pairs it
 # never saw.
@@ -152,6 +161,10 @@ record("classifier_accuracy", reward.accuracy)
 # %%
 pairs = pipeline.preference_pairs(preset, run_dir, ref=ref, reward=reward, seed=SEED)
 print(f"{len(pairs.train):,} training pairs, {len(pairs.eval):,} held-out pairs")
+ended = [stop for row in pairs.scored for stop in row["ended"]]
+print(f"{sum(ended) / len(ended):.1%} of π_ref's completions ended with EOS; the rest were cut at "
+      f"{preset.generation.max_new_tokens} tokens")
+record("ended_fraction", sum(ended) / len(ended))
 record("pair_prompts", pairs.summary.n_prompts)
 record("pairs_total", pairs.summary.n_pairs)
 record("pairs_candidate", pairs.summary.n_candidate_pairs)
@@ -159,7 +172,7 @@ record("pairs_skipped", pairs.summary.skipped)
 record("sft_mean_reward", pairs.summary.mean_reward)
 
 # %%
-pd.DataFrame(pairs.train[:6])[["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"]].round(3)
+pd.DataFrame(pairs.train[:6])[["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_ended"]].round(3)
 
 # %% [markdown]
 # ## 4. A Bradley–Terry reward model
@@ -193,9 +206,7 @@ plots.plot_training_curves({"reward model": rm.metrics}, [["loss", "eval_loss"],
 # defined up to a per-prompt shift, so we compare the *differences* within each pair.)
 
 # %%
-eval_prompts = [p["prompt"] for p in pairs.eval]
-chosen_scores = reward_model.score(rm.model, tokenizer, eval_prompts, [p["chosen"] for p in pairs.eval])
-rejected_scores = reward_model.score(rm.model, tokenizer, eval_prompts, [p["rejected"] for p in pairs.eval])
+chosen_scores, rejected_scores = reward_model.pair_scores(rm.model, tokenizer, pairs.eval)
 true_margins = torch.tensor([p["chosen_reward"] - p["rejected_reward"] for p in pairs.eval])
 model_margins = chosen_scores - rejected_scores
 correlation = torch.corrcoef(torch.stack([true_margins, model_margins.float()]))[0, 1].item()
@@ -211,7 +222,7 @@ record("reward_margin_correlation", correlation)
 # %%
 samples = pairs.scored[:50]
 sample_scores = [
-    reward_model.score(rm.model, tokenizer, [s["prompt"]] * len(s["completions"]), s["completions"]).tolist()
+    reward_model.score(rm.model, tokenizer, [s["prompt"]] * len(s["completions"]), s["completions"], ended=s["ended"]).tolist()
     for s in samples
 ]
 explore_samples(samples, sample_scores) if INTERACTIVE else plots.plot_prompt_samples(

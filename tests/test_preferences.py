@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from dpo_edu import data, models, pipeline, preferences
+from dpo_edu import data, models, pipeline, preferences, sampling
 from dpo_edu.preferences import label_pairs, make_preference_data, sample_completions, split_by_prompt
 from conftest import TINY_RUN, hash_reward, tiny_reference
 
@@ -49,8 +49,8 @@ GENERATION = Generation(max_new_tokens=6, temperature=1.0)
 def _build(tiny_lm, reward=hash_reward, prompts=PROMPTS, seed=0):
     """Sample 4 completions per prompt and label every pair, without a run folder."""
     policy, tokenizer = tiny_lm
-    completions = sample_completions(policy, tokenizer, prompts, 4, GENERATION, seed=seed, batch_size=8)
-    return make_preference_data(prompts, completions, reward)
+    completions, ended = sample_completions(policy, tokenizer, prompts, 4, GENERATION, seed=seed, batch_size=8)
+    return make_preference_data(prompts, completions, reward, ended=ended)
 
 
 
@@ -82,13 +82,18 @@ def key(pair: dict) -> str:
 def test_sample_completions_gives_k_per_prompt_and_a_seed_fixes_them(tiny_lm):
     policy, tok = tiny_lm
     generation = Generation(max_new_tokens=5)
-    first = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=1, batch_size=8)
+    first, ended = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=1, batch_size=8)
     again = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=1, batch_size=8)
     other = sample_completions(policy, tok, PROMPTS, k=4, generation=generation, seed=2, batch_size=8)
     assert len(first) == len(PROMPTS) and all(len(group) == 4 for group in first)
     assert all(isinstance(c, str) for group in first for c in group)
-    assert first == again and first != other
+    assert (first, ended) == again and first != other[0]
     assert all(len(set(group)) > 1 for group in first)  # the k copies are independent samples, not one
+    # ended: whether the row's last sampled token is EOS, as generate's ids say
+    texts, ids, mask = sampling.generate(policy, tok, [p for p in PROMPTS for _ in range(4)], 5, seed=1,
+                                         batch_size=8, return_ids=True)
+    last = [row[m.bool()][-1].item() for row, m in zip(ids, mask)]
+    assert [stop for group in ended for stop in group] == [t == tok.eos_token_id for t in last]
 
 
 def test_four_completions_give_six_pairs_per_prompt_each_pair_once(tiny_lm):
@@ -201,9 +206,10 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny_lm, tmp_path, mon
     prompts = [row["prompt"] for row in rows]
     policy, tokenizer = tiny_lm
     preset = get_preset("ci", TINY_RUN, verbose=False)
-    completions = sample_completions(policy, tokenizer, prompts, 4, preset.generation, seed=0, batch_size=8)
+    completions, ended = sample_completions(policy, tokenizer, prompts, 4, preset.generation, seed=0, batch_size=8)
     assert len(prompts) == 6 and [row["completions"] for row in rows] == completions
-    pairs, scored, summary = make_preference_data(prompts, completions, hash_reward)
+    assert [row["ended"] for row in rows] == ended
+    pairs, scored, summary = make_preference_data(prompts, completions, hash_reward, ended=ended)
     assert data.load_jsonl(labelled / "pairs.jsonl") == pairs  # round trip, rewards exact
     assert first.scored == scored and first.summary == summary
     assert sorted(map(key, first.train + first.eval)) == sorted(map(key, pairs))
