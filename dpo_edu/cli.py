@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .assignments import build_assignments
+from .presets import METHODS
 from .record import read_records
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -109,6 +110,32 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
     return summary
 
 
+def run_frontier(preset_name: str, out: Path, overrides: dict, seed: int = 0, workers: int = 1,
+                 json_path: Path | None = None, command: str = "") -> dict:
+    """The frontier study into ``out``: ``frontier.json``, ``frontier.png``, the table printed."""
+    import time
+
+    from . import plots, study
+    from .presets import get_preset
+
+    try:
+        preset = get_preset(preset_name, overrides, verbose=False)
+    except ValueError as error:
+        raise SystemExit(f"dpo-edu frontier: {error}") from None
+    start = time.perf_counter()
+    result = study.run_study(preset, out, seed=seed, workers=workers)
+    shipped = study.study_json(result, preset, command)
+    shipped["seconds"] = round(time.perf_counter() - start, 1)
+    json_path = json_path or out / "frontier.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(shipped, indent=1, ensure_ascii=False))
+    plots.plot_study(shipped).savefig(out / "frontier.png", dpi=120)
+    print("\n".join(study.table_lines(shipped["table"])))
+    print(f"\n{len(result.runs)} runs in {shipped['seconds']:.0f} s; wrote {json_path} and "
+          f"{out / 'frontier.png'}")
+    return shipped
+
+
 def check() -> None:
     """Print what the course will run on."""
     import torch
@@ -139,6 +166,17 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                      help="replace a preset field, e.g. --set ppo.steps=8 --set dpo.loss_type=ipo "
                           "(repeatable; the fields: dpo_edu/presets.py)")
+    study = commands.add_parser(
+        "frontier", help="the reward–KL frontier study: every method, seeds, matched-KL intervals")
+    study.add_argument("--preset", default="cpu", choices=["ci", "cpu", "gpt2"])
+    study.add_argument("--out", type=Path, help="run folder (default: runs/PRESET)")
+    study.add_argument("--seed", type=int, default=0, help="π_ref's seed; runs use SEED, SEED+1, …")
+    study.add_argument("--seeds", type=int, help="training seeds a setting (default: the preset's)")
+    study.add_argument("--methods", help="comma-separated subset of " + ", ".join(METHODS))
+    study.add_argument("--workers", type=int, default=1, help="processes of one thread each")
+    study.add_argument("--json", type=Path, help="the JSON's path (default: OUT/frontier.json)")
+    study.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="replace a preset field, as for run")
     commands.add_parser("check",
                         help="report torch, device, Hub reachability and the preset 'auto' picks")
     student = commands.add_parser(
@@ -157,6 +195,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"preset auto → {preset}: {why}")
         run_course(preset, args.out or Path("runs") / preset, args.notebooks, args.seed,
                    preset_overrides(args.set))
+    elif args.command == "frontier":
+        overrides = preset_overrides(args.set)
+        if args.seeds is not None:
+            overrides["frontier.seeds"] = args.seeds
+        if args.methods:
+            overrides["frontier.methods"] = [m.strip() for m in args.methods.split(",")]
+        out = args.out or Path("runs") / args.preset
+        run_frontier(args.preset, out, overrides, args.seed, args.workers,
+                     args.json or out / "frontier.json", " ".join(["dpo-edu", *sys.argv[1:]]))
     elif args.command == "student":
         build_assignments(args.out, run_tests=not args.no_run_tests)
     else:

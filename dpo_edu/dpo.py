@@ -150,7 +150,7 @@ def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict],
     batch_size = (batch_size if batch_size is not None
                   else config.ref_batch_size or config.batch_size)
     check_int("batch_size", batch_size, 1)
-    _check_fits(ref_model, config)
+    check_fits(ref_model, config)
     rows, report = tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
     report.step = "precompute_reference_logps"
     was_training = ref_model.training
@@ -167,7 +167,8 @@ def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict],
     return out, report
 
 
-def _check_fits(model, config: DPOConfig) -> None:
+def check_fits(model, config) -> None:
+    """``config.max_length`` ≤ the model's ``n_positions``, else a ValueError naming both."""
     n_positions = getattr(model.config, "n_positions", None)
     if n_positions is not None and config.max_length > n_positions:
         raise ValueError(f"config.max_length ({config.max_length}) exceeds the model's n_positions "
@@ -228,7 +229,7 @@ def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None
     config = config if config is not None else DPOConfig()
     if not isinstance(config, DPOConfig):
         raise ValueError(f"config must be a DPOConfig, got {type(config).__name__}")
-    _check_fits(policy, config)
+    check_fits(policy, config)
     rows = _reference_rows(tokenizer, pairs, config)  # tokenized once, not at every step
 
     def loss_fn(batch: list[dict]):

@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from .models import encode_pairs, load_policy, response_logps
+from .reward_model import score as reward_model_score
 from .sampling import Generation, generate
+from .validate import check_int
 
 
 @torch.no_grad()
@@ -45,49 +47,57 @@ def evaluate_policy(
     seed: int = 0,
     batch_size: int = 64,
     kl_batch_size: int = 64,
-) -> tuple[dict[str, float], list[dict]]:
-    """``(metrics, samples)`` of one completion per prompt: ``eval/reward``, ``eval/kl`` (exact),
-    ``eval/kl_sampled`` and ``eval/length`` (response tokens, EOS included), means over the prompts.
-
-    The exact KL runs ``kl_batch_size`` rows at a time (it holds [rows, tokens, vocab] tensors).
-    """
-    temperature = generation.temperature
-    texts, ids, mask = generate(policy, tokenizer, prompts, generation.max_new_tokens, temperature,
+    samples_per_prompt: int = 1,
+    reward_model=None,
+) -> tuple[dict, list[dict]]:
+    """``(metrics, samples)`` of ``samples_per_prompt`` completions a prompt: means of the reward,
+    exact and sampled KL, length (and r_φ's score with a ``reward_model``), and ``eval/prompts``,
+    each prompt's means (the bootstrap's units); ``samples``: each prompt's first completion."""
+    check_int("samples_per_prompt", samples_per_prompt, 1)
+    temperature, m = generation.temperature, samples_per_prompt
+    repeated = [prompt for prompt in prompts for _ in range(m)]  # [x0 × m, x1 × m, ...]
+    texts, ids, mask = generate(policy, tokenizer, repeated, generation.max_new_tokens, temperature,
                                 seed=seed, batch_size=batch_size, return_ids=True)
-    rewards = torch.as_tensor(reward([p + c for p, c in zip(prompts, texts)]),  # or a list
+    rewards = torch.as_tensor(reward([p + c for p, c in zip(repeated, texts)]),  # or a list
                               dtype=torch.float32)
+    responses = [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]  # EOS where sampled
     exact, sampled = [], []
-    for start in range(0, len(prompts), kl_batch_size):
-        rows = range(start, min(start + kl_batch_size, len(prompts)))
-        responses = [ids[i][mask[i].bool()].tolist() for i in rows]
-        batch = encode_pairs(tokenizer, [prompts[i] for i in rows], responses)
+    for start in range(0, len(repeated), kl_batch_size):
+        rows = slice(start, start + kl_batch_size)
+        batch = encode_pairs(tokenizer, repeated[rows], responses[rows])
         kl, log_ratio = sequence_kl(policy, ref_model, batch, temperature)
         exact.append(kl)
         sampled.append(log_ratio)
-    exact, sampled = torch.cat(exact), torch.cat(sampled)
-    metrics = {
-        "eval/reward": rewards.mean().item(),
-        "eval/kl": exact.mean().item(),
-        "eval/kl_sampled": sampled.mean().item(),
-        "eval/length": mask.sum(-1).float().mean().item(),
-    }
-    samples = [
-        {"prompt": p, "completion": c, "reward": r, "kl": k}
-        for p, c, r, k in zip(prompts, texts, rewards.tolist(), exact.tolist())
-    ]
+    exact, sampled, lengths = torch.cat(exact), torch.cat(sampled), mask.sum(-1).float()
+    values = {"reward": rewards, "kl": exact, "length": lengths}
+    if reward_model is not None:  # r_φ of the samples' own tokens
+        values["rm_score"] = reward_model_score(reward_model, tokenizer, repeated, responses)
+    metrics = {"eval/reward": rewards.mean().item(), "eval/kl": exact.mean().item(),
+               "eval/kl_sampled": sampled.mean().item(), "eval/length": lengths.mean().item()}
+    if reward_model is not None:
+        metrics["eval/rm_score"] = values["rm_score"].mean().item()
+    metrics["eval/prompts"] = {name: v.reshape(len(prompts), m).mean(1).tolist()  # (prompts,)
+                               for name, v in values.items()}
+    samples = [{"prompt": p, "completion": c, "reward": r, "kl": k} for p, c, r, k in
+               zip(repeated[::m], texts[::m], rewards[::m].tolist(), exact[::m].tolist())]
     return metrics, samples
 
 
-def make_eval_fn(policy, tokenizer, prompts: Sequence[str], reward: Callable, ref,
-                 generation: Generation, seed: int = 0,
-                 batch_size: int = 64) -> Callable[[], dict]:
+def make_eval_fn(policy, tokenizer, prompts: Sequence[str] | dict[str, Sequence[str]],
+                 reward: Callable, ref, generation: Generation, seed: int = 0, batch_size: int = 64,
+                 samples_per_prompt: int = 1, reward_model=None) -> Callable[[], dict]:
     """An ``eval_fn`` for ``train_loop``: :func:`evaluate_policy` with the same seed each time.
 
-    ``ref`` is π_ref, a model or a folder loaded at each evaluation and freed after (no second model
-    in memory while training). The latest samples are kept in ``eval_fn.samples``.
+    ``prompts``: a list, or disjoint named sets ({"select": …, "report": …}); the metrics are the
+    "report" set's, ``eval/prompts`` holds each set's per-prompt means. ``ref``: π_ref, a model or
+    a folder loaded at each evaluation (no second model in memory while training). The latest
+    samples (the report set's) are kept in ``eval_fn.samples``.
     """
     if not isinstance(ref, nn.Module) and not Path(ref).is_dir():
         raise ValueError(f"ref must be a model or a folder holding one, got {ref!r}")
+    splits = dict(prompts) if isinstance(prompts, dict) else {"report": list(prompts)}
+    if "report" not in splits:
+        raise ValueError(f"prompts needs a 'report' set, got {sorted(splits)}")
 
     def reference() -> nn.Module:
         if isinstance(ref, nn.Module):
@@ -98,10 +108,16 @@ def make_eval_fn(policy, tokenizer, prompts: Sequence[str], reward: Callable, re
                                dtype=str(weights.dtype).removeprefix("torch.")).eval()
 
     def eval_fn() -> dict:
-        metrics, eval_fn.samples = evaluate_policy(policy, reference(), tokenizer, list(prompts),
-                                                   reward, generation, seed=seed,
-                                                   batch_size=batch_size)
-        return metrics
+        ref_model, per_prompt = reference(), {}
+        for name, split in splits.items():
+            metrics, samples = evaluate_policy(policy, ref_model, tokenizer, list(split), reward,
+                                               generation, seed=seed, batch_size=batch_size,
+                                               samples_per_prompt=samples_per_prompt,
+                                               reward_model=reward_model)
+            per_prompt[name] = metrics.pop("eval/prompts")
+            if name == "report":
+                report, eval_fn.samples = metrics, samples
+        return {**report, "eval/prompts": per_prompt}
 
     eval_fn.samples = []
     return eval_fn

@@ -5,7 +5,7 @@
     samples/       k samples of π_ref per prefix                   (read by pairs/)
     pairs/         every pair of them, labelled by the ground truth → Pairs
     reward_model/  Bradley–Terry on the pairs (RLHF's first step)   → Trained
-    dpo/, ppo/     one folder per run                               → Trained
+    reference/, runs/  π_ref's evaluation and the alignment runs   (runs.py, study.py)
 
 Each function returns what later stages need, its ``Stage`` included; notebook 05 on a folder that
 notebook 04 filled only loads.
@@ -14,21 +14,20 @@ notebook 04 filled only loads.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from . import data, dpo, models, ppo, preferences
+
+from . import data, models, preferences
+from .checkpoints import load_metrics, save_metrics
 from .cost import CostMeter
-from .evaluate import make_eval_fn
 from .presets import Preset
 from .reward_model import RewardModel, train_reward_model
 from .sentiment import TFIDF, SentimentReward, TfidfSentiment, make_reward
 from .sft import train_sft
 from .stages import CHECKPOINT, Stage, fingerprint, stage
-from .checkpoints import load_metrics, save_metrics
 from .training import result_settings
 
 METRICS, COST, SAMPLES = "metrics.jsonl", "cost.json", "samples.jsonl"
@@ -64,10 +63,15 @@ def imdb_splits(preset: Preset, seed: int = 0) -> tuple[list[data.Review], list[
     return data.train_eval_split(reviews, preset.data.eval_fraction, seed=seed)
 
 
+def reference_settings(preset: Preset, seed: int = 0) -> dict:
+    """What makes π_ref: the key of its stage, and of every stage built on it."""
+    return {"model": asdict(preset.model), "data": asdict(preset.data),
+            "sft": result_settings(preset.sft), "seed": seed}
+
+
 def reference_policy(preset: Preset, run_dir, seed: int = 0, callback=None) -> Reference:
     """π_ref = the SFT policy, from ``run_dir/sft``, trained there first if needed."""
-    settings = {"model": asdict(preset.model), "data": asdict(preset.data),
-                "sft": result_settings(preset.sft), "seed": seed}
+    settings = reference_settings(preset, seed)
 
     def build(folder: Path) -> None:
         train, held_out = imdb_splits(preset, seed)
@@ -124,7 +128,8 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
     run_dir, config = Path(run_dir), preset.pairs
     train, _ = imdb_splits(preset, seed)
     prompts = pair_prompts(ref.tokenizer, train, config.prompts, seed)
-    sampling = {"sft": ref.stage.settings, "prompts": fingerprint(prompts), "seed": seed,
+    sampling = {"format": 2, "sft": ref.stage.settings, "prompts": fingerprint(prompts),
+                "seed": seed,
                 "completions": config.completions, "batch_size": config.batch_size,
                 "generation": asdict(preset.generation)}
 
@@ -159,7 +164,7 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
                  done)
 
 
-def _trained(done: Stage, model=None) -> Trained:
+def trained(done: Stage, model=None) -> Trained:
     """What a finished training stage left: its metrics, last samples and cost."""
     samples = done.folder / SAMPLES
     return Trained(model, load_metrics(done.folder / METRICS),
@@ -167,7 +172,8 @@ def _trained(done: Stage, model=None) -> Trained:
                    json.loads((done.folder / COST).read_text()), done)
 
 
-def _save_trained(folder: Path, metrics, cost: CostMeter, samples=None) -> None:
+def save_trained(folder: Path, metrics, cost: CostMeter, samples=None) -> None:
+    """Write what :func:`trained` reads: metrics, samples and cost."""
     save_metrics(metrics, folder / METRICS)
     if samples is not None:
         data.save_jsonl(samples, folder / SAMPLES)
@@ -188,98 +194,8 @@ def reward_model(preset: Preset, run_dir, ref: Reference, pairs: Pairs, seed: in
                                             callback=callback, eval_pairs=pairs.eval,
                                             checkpoint_dir=folder / CHECKPOINT)
         model.save_pretrained(folder)
-        _save_trained(folder, metrics, cost)
+        save_trained(folder, metrics, cost)
 
     done = stage(Path(run_dir) / "reward_model", settings, build, "reward model")
-    return _trained(done,
-                    RewardModel.from_pretrained(done.folder, device=preset.model.device).eval())
-
-
-def _uncounted(evaluate, cost: CostMeter):
-    """``evaluate`` as an ``eval_fn`` the cost meter leaves out: every method evaluates alike."""
-
-    def eval_fn():
-        with cost.paused():
-            return evaluate()
-
-    return eval_fn
-
-
-def eval_every(total_steps: int, n_evals: int) -> int:
-    """Evaluate ``n_evals`` times, the last after the final step: every ⌈steps / n⌉ steps
-    (64 steps at n = 3 evaluate at 22, 44 and 64)."""
-    return max(1, math.ceil(total_steps / n_evals))
-
-
-def _run_settings(preset: Preset, prompts, reward, seed: int) -> dict:
-    """What every alignment run is evaluated with."""
-    return {"generation": asdict(preset.generation), "eval_prompts": fingerprint(list(prompts)),
-            "reward": preferences.reward_fingerprint(reward), "seed": seed}
-
-
-def dpo_run(preset: Preset, run_dir, ref: Reference, pairs: Pairs, reward, prompts: Sequence[str],
-            beta: float, seed: int = 0, n_evals: int = 3, callback=None) -> Trained:
-    """One DPO run from π_ref at ``beta``, evaluated ``n_evals`` times on ``prompts`` (dpo/beta_*).
-
-    Its cost counts the reference precompute and training, not the evaluations.
-    """
-    config = replace(preset.dpo, beta=beta, seed=seed)
-    config = replace(config, eval_every=eval_every(config.total_steps(len(pairs.train)), n_evals))
-    settings = {"pairs": pairs.stage.settings, "dpo": result_settings(config),
-                **_run_settings(preset, prompts, reward, seed)}
-
-    def build(folder: Path) -> None:
-        load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
-        policy, ref_model = (models.load_policy(ref.stage.folder, **load) for _ in range(2))
-        # π_ref is read from its folder at each evaluation: no second model in memory while training
-        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref.stage.folder,
-                                preset.generation, seed=seed, batch_size=max(len(prompts), 1))
-        with CostMeter(policy, ref_model) as cost:
-            train_pairs, report = dpo.precompute_reference_logps(ref_model, ref.tokenizer,
-                                                                 pairs.train, config)
-            del ref_model  # log π_ref of every pair is stored: the reference is no longer needed
-            _, metrics = dpo.train_dpo(policy, ref.tokenizer, train_pairs, config,
-                                       callback=callback, eval_fn=_uncounted(evaluate, cost),
-                                       checkpoint_dir=folder / CHECKPOINT)
-        _save_trained(folder, metrics, cost, evaluate.samples)
-
-    return _trained(stage(Path(run_dir) / "dpo" / f"beta_{beta:g}", settings, build,
-                          f"DPO β={beta:g}"))
-
-
-def ppo_run(preset: Preset, run_dir, ref: Reference, reward, prompts: Sequence[str],
-            train_prompts: Sequence[str], target_kl: float | None,
-            reward_model: Trained | None = None, ground_truth: bool = False, seed: int = 0,
-            n_evals: int = 3, callback=None) -> Trained:
-    """One PPO run from π_ref against ``reward_model``, or (PPO-GT) the true ``reward``.
-
-    ``ground_truth=True`` for PPO-GT; KL steered toward ``target_kl`` (None: fixed β); in ``ppo/``
-    or ``ppo_gt/``. Its cost counts rollouts and updates, not the evaluations.
-    """
-    if (reward_model is None) != ground_truth:
-        raise ValueError("give reward_model for RLHF, "
-                         "or ground_truth=True (and no reward model) for PPO-GT")
-    config = replace(preset.ppo, target_kl=target_kl, seed=seed)
-    config = replace(config, eval_every=eval_every(config.total_steps(len(train_prompts)), n_evals))
-    settings = {"sft": ref.stage.settings,
-                "reward_model": None if ground_truth else reward_model.stage.settings,
-                "ppo": result_settings(config), "train_prompts": fingerprint(list(train_prompts)),
-                **_run_settings(preset, prompts, reward, seed)}  # PPO-GT trains on the reward
-
-    def build(folder: Path) -> None:
-        load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
-        policy, ref_model = (models.load_policy(ref.stage.folder, **load) for _ in range(2))
-        score = reward if ground_truth else reward_model.model
-        evaluate = make_eval_fn(policy, ref.tokenizer, prompts, reward, ref_model.eval(),
-                                preset.generation, seed=seed, batch_size=max(len(prompts), 1))
-        with CostMeter(policy, ref_model, *([] if ground_truth else [score])) as cost:
-            _, metrics = ppo.train_ppo(policy, ref_model, ref.tokenizer, train_prompts, score,
-                                       config, preset.generation, callback=callback,
-                                       eval_fn=_uncounted(evaluate, cost),
-                                       checkpoint_dir=folder / CHECKPOINT)
-        _save_trained(folder, metrics, cost, evaluate.samples)
-
-    name = (("ppo_gt" if ground_truth else "ppo")
-            + (f"/target_{target_kl:g}" if target_kl is not None else "/fixed"))
-    label = f"PPO{'-GT' if ground_truth else ''} target KL={target_kl}"
-    return _trained(stage(Path(run_dir) / name, settings, build, label))
+    model = RewardModel.from_pretrained(done.folder, device=preset.model.device)
+    return trained(done, model.eval())

@@ -227,3 +227,55 @@ def plot_frontier(runs: dict[str, list[dict]], reference_reward: float,
            title="Reward–KL frontier")
     ax.legend(fontsize=7, ncol=2)
     return fig
+
+
+METHOD_COLOURS = {"DPO": "C0", "IPO": "C9", "cDPO": "C4", "PPO": "C1", "PPO-GT": "C3",
+                  "Preferred-FT": "C2", "Unlikelihood": "C5", "Best-of-N": "C7"}
+
+
+def plot_study(study: dict, shipped: dict | None = None, methods=None,
+               budget: float | None = None) -> Figure:
+    """A frontier study (``study.study_json``): every method's evaluations (faint, seeds averaged),
+    its frontier through the chosen points, and its reading at each budget with a 95 % interval;
+    a ``shipped`` study drawn dashed and pale beside it; ``budget`` marked."""
+    fig, (ax,) = _figure(width=7.0, height=4.6)
+    methods = methods or [m for m in METHOD_COLOURS
+                          if any(p["method"] == m for p in study["points"])]
+    for source, faint in ((shipped, True), (study, False)):
+        if source is None:
+            continue
+        origin = source["reference"]["reward"]
+        for method in methods:
+            colour, alpha = METHOD_COLOURS.get(method, "k"), 0.35 if faint else 1.0
+            chosen = sorted(source["table"]["selected"].get(method, []),
+                            key=lambda p: p["report_kl"])
+            if not chosen:
+                continue
+            if not faint:  # each (setting, step) over its seeds: the cloud the frontier is drawn on
+                cloud = _seed_means(p for p in source["points"] if p["method"] == method)
+                ax.scatter(*zip(*cloud), s=10, color=colour, alpha=0.25, lw=0)
+            kl = [0.0] + [p["report_kl"] for p in chosen]
+            reward = [origin] + [p["report_reward"] for p in chosen]
+            label = f"{method} ({source['preset']} study)" if faint else method
+            ax.plot(kl, reward, color=colour, alpha=alpha, ls="--" if faint else "-",
+                    marker="" if faint else "o", ms=4, label=label)
+            for row in source["table"]["rows"]:
+                if row["method"] == method and row["low"] is not None:  # value ± its interval
+                    ax.errorbar(row["budget"], row["value"], [[row["value"] - row["low"]],
+                                [row["high"] - row["value"]]], color=colour, alpha=alpha, capsize=3,
+                                fmt="none" if faint else "D", ms=4)
+    ax.axhline(study["reference"]["reward"], color="gray", ls=":", lw=1, label="π_ref")
+    if budget is not None:
+        ax.axvline(budget, color="k", lw=0.8, ls="--")
+    ax.set(xlabel="sequence KL(π ‖ π_ref), report prompts (nats)", ylabel="ground-truth reward",
+           title="Reward–KL frontier: chosen on select prompts, read on report prompts")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def _seed_means(points) -> list[tuple[float, float]]:
+    """(KL, reward) of each (setting, step), its seeds averaged."""
+    groups: dict = {}
+    for p in points:
+        groups.setdefault((p["setting"], p["step"]), []).append((p["kl"], p["reward"]))
+    return [tuple(np.mean(values, axis=0)) for values in groups.values()]

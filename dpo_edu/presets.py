@@ -16,6 +16,7 @@ import difflib
 from dataclasses import dataclass
 
 from .data import DataConfig
+from .baselines import PreferredFTConfig, UnlikelihoodConfig
 from .dpo import DPOConfig
 from .models import HUB_HOST, ModelConfig, hub_reachable
 from .ppo import PPOConfig
@@ -41,19 +42,49 @@ class ToySizes:
             check_int(field.name, getattr(self, field.name), 1)
 
 
+# The methods of the paper's Fig. 2 and those after it, each one a training recipe (study.py)
+METHODS = ("DPO", "IPO", "cDPO", "PPO", "PPO-GT", "Preferred-FT", "Unlikelihood", "Best-of-N")
+
+
 @dataclass(frozen=True)
 class Frontier:
-    """The reward–KL frontier of notebook 05: which runs, evaluated on how many prompts."""
+    """The reward–KL frontier as an experiment (notebook 05, ``dpo-edu frontier``): which methods
+    and settings, how many seeds, evaluated how (the paper's Fig. 2, with intervals)."""
 
-    dpo_betas: tuple  # β of each DPO run (the paper's Fig. 2 sweeps 0.05–5)
-    ppo_targets: tuple  # target KL (nats) of each PPO run (the adaptive controller's)
-    eval_prompts: int  # held-out prompts every run is evaluated on
+    methods: tuple  # methods on the frontier (study.METHODS)
+    dpo_betas: tuple  # β of DPO's runs (the paper's Fig. 2 sweeps 0.05–5)
+    ipo_betas: tuple  # β of IPO's runs: its margin target is 1/(2β) per response token
+    cdpo_betas: tuple  # β of cDPO's runs, at label smoothing cdpo_epsilon
+    cdpo_epsilon: float  # cDPO's ε: each label assumed flipped with this probability
+    ppo_targets: tuple  # target KL (nats) of PPO's and PPO-GT's runs (the adaptive controller's)
+    unlikelihood_alphas: tuple  # α of Unlikelihood's runs, the weight of its unlikelihood term
+    best_of_n: tuple  # N of Best-of-N; the largest is a multiple of every other
+    seeds: int  # training seeds per setting (π_ref, the pairs and the reward model stay fixed)
+    evals: int  # evaluations per run, the last after its final step: its points on the frontier
+    select_prompts: int  # held-out prompts that choose each method's frontier points
+    report_prompts: int  # other held-out prompts that report them
+    samples_per_prompt: int  # completions sampled per prompt at each evaluation
+    budgets: tuple  # KL (nats) at which the methods are compared
 
     def __post_init__(self):
-        for name in ("dpo_betas", "ppo_targets"):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be some of {METHODS}, got {self.methods!r}")
+        for name in ("dpo_betas", "ipo_betas", "cdpo_betas", "ppo_targets", "budgets"):
             for value in getattr(self, name):
                 check_positive(name, value)
-        check_int("eval_prompts", self.eval_prompts, 1)
+        if not 0 < self.cdpo_epsilon < 0.5:
+            raise ValueError(f"cdpo_epsilon must be in (0, 0.5), got {self.cdpo_epsilon!r}")
+        for value in self.unlikelihood_alphas:
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"unlikelihood_alphas must be numbers ≥ 0, got {value!r}")
+        for value in self.best_of_n:
+            check_int("best_of_n", value, 1)
+        if self.best_of_n and any(max(self.best_of_n) % n for n in self.best_of_n):
+            raise ValueError(f"best_of_n: the largest N must be a multiple of every other, got "
+                             f"{self.best_of_n}")
+        for name in ("seeds", "evals", "select_prompts", "report_prompts", "samples_per_prompt"):
+            check_int(name, getattr(self, name), 1)
 
 
 @dataclass(frozen=True)
@@ -68,8 +99,10 @@ class Preset:
     pairs: PairsConfig  # π_ref's samples → preference pairs (preferences.py)
     sft: SFTConfig  # π_ref (sft.py)
     reward_model: RewardConfig  # RLHF's Bradley–Terry reward model (reward_model.py)
-    dpo: DPOConfig  # dpo.py
-    ppo: PPOConfig  # ppo.py
+    dpo: DPOConfig  # dpo.py (and IPO, cDPO)
+    ppo: PPOConfig  # ppo.py (and PPO-GT)
+    preferred_ft: PreferredFTConfig  # baselines.py: SFT on the chosen responses
+    unlikelihood: UnlikelihoodConfig  # baselines.py: likelihood of y_w, unlikelihood of y_l
     frontier: Frontier  # notebook 05's runs
 
 
@@ -90,7 +123,13 @@ PRESETS = {
         # about 20 s; β may move up to 0.2 · 32/64 = 10 % a step
         ppo=PPOConfig(steps=24, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-4,
                       kl_coef=0.05, kl_horizon=64),
-        frontier=Frontier(dpo_betas=(0.1, 1.0), ppo_targets=(2.0, 8.0), eval_prompts=32),
+        preferred_ft=PreferredFTConfig(epochs=1.0, batch_size=16, lr=3e-4, max_length=64),
+        unlikelihood=UnlikelihoodConfig(epochs=1.0, batch_size=16, lr=3e-4, max_length=64),
+        frontier=Frontier(methods=METHODS, dpo_betas=(0.1, 1.0), ipo_betas=(0.5,),
+                          cdpo_betas=(0.1,), cdpo_epsilon=0.1, ppo_targets=(4.0,),
+                          unlikelihood_alphas=(0.5,),
+                          best_of_n=(1, 4, 16), seeds=2, evals=3, select_prompts=16,
+                          report_prompts=16, samples_per_prompt=2, budgets=(1.0, 2.0, 4.0)),
     ),
     "cpu": Preset(
         name="cpu",
@@ -113,8 +152,17 @@ PRESETS = {
         # about 2 minutes on one CPU thread
         ppo=PPOConfig(steps=64, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-5,
                       kl_coef=0.2, kl_horizon=128),
-        frontier=Frontier(dpo_betas=(0.1, 0.5, 2.0), ppo_targets=(1.0, 3.0, 9.0),
-                          eval_prompts=250),
+        preferred_ft=PreferredFTConfig(epochs=0.4, batch_size=16, lr=1e-4, warmup_steps=10,
+                                       max_length=128),
+        unlikelihood=UnlikelihoodConfig(epochs=0.4, batch_size=16, lr=1e-4, warmup_steps=10,
+                                        max_length=128),
+        frontier=Frontier(methods=METHODS, dpo_betas=(0.05, 0.1, 0.5, 2.0),
+                          ipo_betas=(0.1, 0.3, 1.0, 3.0), cdpo_betas=(0.05, 0.1, 0.5, 2.0),
+                          cdpo_epsilon=0.1, ppo_targets=(1.0, 3.0, 6.0, 12.0),
+                          unlikelihood_alphas=(0.1, 0.3, 0.6, 1.0),
+                          best_of_n=(1, 2, 4, 8, 16, 32, 64), seeds=3, evals=3,
+                          select_prompts=200, report_prompts=250, samples_per_prompt=2,
+                          budgets=(2.0, 5.0, 10.0)),
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -139,8 +187,17 @@ PRESETS = {
         # share one β path, a fixed-β sweep in all but name)
         ppo=PPOConfig(steps=200, batch_size=64, mini_batch_size=16, ppo_epochs=4, lr=1.41e-5,
                       kl_coef=0.1, target_kl=6.0, kl_horizon=640),
-        frontier=Frontier(dpo_betas=(0.05, 0.1, 0.5, 1.0), ppo_targets=(2.0, 4.0, 8.0, 16.0),
-                          eval_prompts=400),
+        preferred_ft=PreferredFTConfig(epochs=1.0, batch_size=64, lr=1e-5, warmup_steps=150,
+                                       max_length=256),  # an SFT rate: 1e-6 would barely move
+        unlikelihood=UnlikelihoodConfig(epochs=1.0, batch_size=64, lr=1e-6, warmup_steps=150,
+                                        max_length=256),
+        frontier=Frontier(methods=METHODS, dpo_betas=(0.05, 0.1, 0.5, 1.0),
+                          ipo_betas=(0.1, 0.3, 1.0, 3.0), cdpo_betas=(0.05, 0.1, 0.5, 1.0),
+                          cdpo_epsilon=0.1, ppo_targets=(2.0, 4.0, 8.0, 16.0),
+                          unlikelihood_alphas=(0.1, 0.3, 0.6, 1.0),
+                          best_of_n=(1, 2, 4, 8, 16, 32, 64), seeds=3, evals=4,
+                          select_prompts=300, report_prompts=400, samples_per_prompt=2,
+                          budgets=(2.0, 5.0, 10.0)),
     ),
 }
 
@@ -174,13 +231,14 @@ _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "tuple": 
 # Preset's sections by the name their annotation carries (annotations are strings here)
 _SECTIONS = {cls.__name__: cls for cls in (ToySizes, ModelConfig, DataConfig, Generation,
                                             GroundTruthConfig, PairsConfig, SFTConfig, RewardConfig,
-                                            DPOConfig, PPOConfig, Frontier)}
+                                            DPOConfig, PPOConfig, PreferredFTConfig,
+                                            UnlikelihoodConfig, Frontier)}
 
 
 # Fields the notebooks set themselves, so an override would change nothing.
 SET_BY_THE_NOTEBOOK = {"seed": "the notebook's SEED (dpo-edu run --seed N)",
-                       "dpo.eval_every": "notebook 05's N_EVALS",
-                       "ppo.eval_every": "notebook 05's N_EVALS"}
+                       **{f"{section}.eval_every": "frontier.evals"
+                          for section in ("dpo", "ppo", "preferred_ft", "unlikelihood")}}
 
 
 def field_names() -> list[str]:

@@ -57,7 +57,9 @@ def test_evaluate_policy_reports_reward_kl_and_samples(tiny_lm, one_thread):
     reward = lambda texts: torch.tensor([float(t.count("e")) for t in texts])  # noqa: E731
     metrics, samples = evaluate.evaluate_policy(policy, ref, tokenizer, prompts, reward, Generation(max_new_tokens=6),
                                                 batch_size=8)
-    assert set(metrics) == {"eval/reward", "eval/kl", "eval/kl_sampled", "eval/length"}
+    assert set(metrics) == {"eval/reward", "eval/kl", "eval/kl_sampled", "eval/length", "eval/prompts"}
+    assert metrics["eval/prompts"] == {"reward": [s["reward"] for s in samples], "kl": [s["kl"] for s in samples],
+                                       "length": metrics["eval/prompts"]["length"]}  # one sample a prompt
     assert len(samples) == len(prompts)
     assert metrics["eval/reward"] == pytest.approx(sum(s["reward"] for s in samples) / len(samples))
     assert all(s["reward"] == (s["prompt"] + s["completion"]).count("e") for s in samples)
@@ -103,7 +105,8 @@ def test_eval_fn_reports_reward_and_kl_with_ref_a_folder_or_a_model(tiny_lm, tmp
     from_model = evaluate.make_eval_fn(policy, tokenizer, PROMPTS, _count_e, ref, generation, batch_size=4)
     assert from_folder.samples == []
     before = from_folder()
-    assert set(before) == {"eval/reward", "eval/kl", "eval/kl_sampled", "eval/length"}
+    assert set(before) == {"eval/reward", "eval/kl", "eval/kl_sampled", "eval/length", "eval/prompts"}
+    assert set(before["eval/prompts"]) == {"report"}  # a list of prompts is one set, the report set
     assert before["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # π = π_ref: no KL yet
     assert from_model() == before  # the folder holds the same π_ref
     # Inside a trainer: every eval_every steps and after the last, the same seed each time
@@ -118,8 +121,10 @@ def test_eval_fn_reports_reward_and_kl_with_ref_a_folder_or_a_model(tiny_lm, tmp
     assert {"prompt", "completion", "reward", "kl"} <= set(from_folder.samples[0])
     assert [s["prompt"] for s in from_folder.samples] == PROMPTS
     alone, samples = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS, _count_e, generation, batch_size=4)
-    assert {k: evals[-1][k] for k in alone} == alone and from_folder.samples == samples  # evaluate_policy, seed 0
-    assert from_model() == alone and from_model.samples == samples
+    per_prompt = alone.pop("eval/prompts")  # evaluate_policy, seed 0; its per-prompt means under the set's name
+    assert {k: evals[-1][k] for k in alone} == alone and from_folder.samples == samples
+    assert evals[-1]["eval/prompts"] == {"report": per_prompt}
+    assert from_model() == {**alone, "eval/prompts": {"report": per_prompt}} and from_model.samples == samples
     with pytest.raises(ValueError, match="ref must be a model or a folder"):
         evaluate.make_eval_fn(policy, tokenizer, PROMPTS, _count_e, tmp_path / "missing", generation)
 
@@ -145,3 +150,39 @@ def test_eval_fn_leaves_the_training_random_state_untouched(tiny_lm, tmp_path, o
     again = eval_fn()
     assert [s["completion"] for s in eval_fn.samples] == completions
     assert (again["eval/reward"], again["eval/length"]) == (first["eval/reward"], first["eval/length"])
+
+
+def test_several_samples_per_prompt_are_averaged_prompt_by_prompt(tiny_lm, one_thread):
+    ref, tokenizer = tiny_lm
+    policy, generation = shaken(ref, scale=0.1), Generation(max_new_tokens=6)
+    reward = lambda texts: torch.tensor([float(t.count("e")) for t in texts])  # noqa: E731
+    metrics, samples = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS, reward, generation, seed=3,
+                                                batch_size=16, samples_per_prompt=4)
+    # the same draws as the prompts repeated 4 times, one sample each
+    flat, every = evaluate.evaluate_policy(policy, ref, tokenizer, [p for p in PROMPTS for _ in range(4)], reward,
+                                           generation, seed=3, batch_size=16)
+    for name in ("reward", "kl", "length"):
+        by_prompt = torch.tensor(flat["eval/prompts"][name]).reshape(len(PROMPTS), 4).mean(1)
+        assert metrics["eval/prompts"][name] == pytest.approx(by_prompt.tolist(), abs=1e-6), name
+    assert metrics["eval/reward"] == pytest.approx(flat["eval/reward"], abs=1e-6)
+    assert samples == every[::4] and [s["prompt"] for s in samples] == PROMPTS  # each prompt's first sample
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS, reward, generation, samples_per_prompt=0)
+
+
+def test_eval_fn_reports_the_report_set_and_every_sets_prompts(tiny_lm, one_thread):
+    ref, tokenizer = tiny_lm
+    policy, generation = shaken(ref, scale=0.1), Generation(max_new_tokens=5)
+    splits = {"select": PROMPTS[:2], "report": PROMPTS[2:]}
+    eval_fn = evaluate.make_eval_fn(policy, tokenizer, splits, _count_e, ref, generation, seed=1, batch_size=4,
+                                    samples_per_prompt=2)
+    result = eval_fn()
+    report, samples = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS[2:], _count_e, generation, seed=1,
+                                               batch_size=4, samples_per_prompt=2)
+    select, _ = evaluate.evaluate_policy(policy, ref, tokenizer, PROMPTS[:2], _count_e, generation, seed=1,
+                                         batch_size=4, samples_per_prompt=2)
+    assert result == {**{k: v for k, v in report.items() if k != "eval/prompts"},
+                      "eval/prompts": {"select": select["eval/prompts"], "report": report["eval/prompts"]}}
+    assert eval_fn.samples == samples
+    with pytest.raises(ValueError, match="'report' set"):
+        evaluate.make_eval_fn(policy, tokenizer, {"select": PROMPTS}, _count_e, ref, generation)

@@ -1,0 +1,245 @@
+"""The reward–KL frontier as an experiment (DPO paper, Fig. 2; ``dpo-edu frontier``): every method
+from one π_ref, one set of pairs and one reward model, each setting trained with several seeds (they
+vary the training order and the sampling) and evaluated alike on two disjoint prompt sets; then
+``frontier.frontier_table`` reads each method at matched KL, with 95 % intervals.
+
+Each run is a stage of the run folder (``runs/<method>/<setting>/seed_<s>``), so an interrupted
+study resumes where it stopped. Best-of-N trains nothing: N samples of π_ref, the reward model's
+pick.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from . import frontier, pipeline, runs
+from .presets import Preset
+from .stages import changes
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of a method's sweep: what it trains, and where its runs live."""
+
+    method: str  # one of presets.METHODS
+    name: str  # "β=0.1", "target KL 3", "N ≤ 64": the legend's words
+    folder: str  # "dpo/beta_0.1": under run_dir/runs, one sub-folder a seed
+    value: Any = None  # the swept value: β, target KL, α, or the N of Best-of-N
+
+
+def settings(preset: Preset, methods=None) -> list[Setting]:
+    """Every setting of the preset's frontier, for ``methods`` (default: the preset's)."""
+    config = preset.frontier
+    methods = tuple(methods or config.methods)
+    sweeps = {"DPO": ("beta", config.dpo_betas), "IPO": ("beta", config.ipo_betas),
+              "cDPO": ("beta", config.cdpo_betas), "PPO": ("target", config.ppo_targets),
+              "PPO-GT": ("target", config.ppo_targets), "Preferred-FT": (None, (None,)),
+              "Unlikelihood": ("alpha", config.unlikelihood_alphas)}
+    words = {"beta": "β={:g}", "target": "target KL {:g}", "alpha": "α={:g}"}
+    out = []
+    for method in methods:
+        slug = method.lower().replace("-", "_")
+        if method == "Best-of-N":
+            ns = config.best_of_n
+            out.append(Setting(method, f"N ≤ {max(ns)}", f"{slug}/n_{max(ns)}", ns))
+            continue
+        name, values = sweeps[method]
+        for value in values:
+            label = "default" if name is None else f"{name}_{value:g}"
+            out.append(Setting(method, "" if name is None else words[name].format(value),
+                               f"{slug}/{label}", value))
+    return out
+
+
+class Shared(NamedTuple):
+    """The stages every run is built on, from ``prepare``."""
+
+    ref: pipeline.Reference
+    reward: Any  # the ground truth
+    pairs: pipeline.Pairs
+    reward_model: pipeline.Trained
+    prompts: dict  # {"select": [...], "report": [...]}
+    train_prompts: list  # the training prefixes, for methods that sample (PPO)
+    reference: pipeline.Trained  # π_ref evaluated as every run is
+
+
+def prepare(preset: Preset, run_dir, seed: int = 0, callback=None) -> Shared:
+    """π_ref, the ground truth, the pairs, the reward model, π_ref's evaluation: built or read."""
+    ref = pipeline.reference_policy(preset, run_dir, seed=seed)
+    reward = pipeline.ground_truth_reward(preset, run_dir, seed=seed)
+    pairs = pipeline.preference_pairs(preset, run_dir, ref=ref, reward=reward, seed=seed)
+    rm = pipeline.reward_model(preset, run_dir, ref=ref, pairs=pairs, seed=seed, callback=callback)
+    prompts = runs.eval_splits(preset, ref.tokenizer, seed=seed)
+    reference = runs.reference_eval(preset, run_dir, ref=ref, reward=reward, prompts=prompts,
+                                        seed=seed)
+    held_out = {pair["prompt"] for pair in pairs.eval}  # PPO samples every other training prefix
+    train_prompts = sorted({row["prompt"] for row in pairs.scored} - held_out)
+    return Shared(ref, reward, pairs, rm, prompts, train_prompts, reference)
+
+
+def train_config(preset: Preset, setting: Setting, seed: int, items: int):
+    """The config of one run: the method's section of the preset, its swept value, the seed, and
+    an evaluation every ⌈steps / frontier.evals⌉ steps."""
+    base = {"DPO": preset.dpo, "IPO": preset.dpo, "cDPO": preset.dpo, "PPO": preset.ppo,
+            "PPO-GT": preset.ppo, "Preferred-FT": preset.preferred_ft,
+            "Unlikelihood": preset.unlikelihood}[setting.method]
+    swept = {"DPO": dict(beta=setting.value, loss_type="sigmoid", label_smoothing=0.0),
+             "IPO": dict(beta=setting.value, loss_type="ipo", label_smoothing=0.0),
+             "cDPO": dict(beta=setting.value, loss_type="sigmoid",
+                          label_smoothing=preset.frontier.cdpo_epsilon),
+             "PPO": dict(target_kl=setting.value), "PPO-GT": dict(target_kl=setting.value),
+             "Preferred-FT": {}, "Unlikelihood": dict(alpha=setting.value)}[setting.method]
+    config = replace(base, **swept, seed=seed)
+    every = runs.eval_every(config.total_steps(items), preset.frontier.evals)
+    return replace(config, eval_every=every)
+
+
+def run_one(preset: Preset, run_dir, shared: Shared, setting: Setting, seed: int,
+            callback=None) -> pipeline.Trained:
+    """One run of ``setting`` at ``seed`` (trained, or read back when it is already there)."""
+    folder = f"runs/{setting.folder}/seed_{seed}"
+    label = f"{setting.method} {setting.name} seed {seed}".replace("  ", " ")
+    if setting.method == "Best-of-N":
+        return runs.best_of_n_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
+                                      shared.reward_model, setting.value, seed, folder, label)
+    if setting.method in ("PPO", "PPO-GT"):
+        config = train_config(preset, setting, seed, len(shared.train_prompts))
+        rm = shared.reward_model if setting.method == "PPO" else None
+        return runs.ppo_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
+                                shared.train_prompts, config, folder, label, reward_model=rm,
+                                callback=callback)
+    config = train_config(preset, setting, seed, len(shared.pairs.train))
+    return runs.offline_run(preset, run_dir, shared.ref, shared.pairs, shared.reward,
+                                shared.prompts, config, folder, label, callback=callback)
+
+
+def evals(run: pipeline.Trained) -> list[dict]:
+    """A run's per-prompt evaluations, as ``frontier`` reads them: one row a step and set."""
+    return [{"step": row["step"], "split": split, **values}
+            for row in run.metrics if "eval/prompts" in row
+            for split, values in row["eval/prompts"].items()]
+
+
+class Study(NamedTuple):
+    runs: list[dict]  # {"method", "setting", "seed", "evals", "metrics", "samples", "cost"}
+    reference: dict  # π_ref's per-prompt evaluation on each set
+    table: dict  # frontier.frontier_table's
+
+
+def run_study(preset: Preset, run_dir, seed: int = 0, methods=None, workers: int = 1,
+              callback: Callable[[str], Any] | None = None, progress: bool = True) -> Study:
+    """Every setting × seed of the frontier (seeds ``seed``, ``seed + 1``, …), run by run in
+    ``workers`` processes of one thread each; each finished run is reused, so an interrupted study
+    restarts where it stopped. A folder of another preset's or another π_ref's study is refused."""
+    from tqdm.auto import tqdm
+
+    _claim(preset, run_dir, seed)
+    shared = prepare(preset, run_dir, seed=seed)
+    jobs = [(s, seed + k) for s in settings(preset, methods) for k in range(preset.frontier.seeds)]
+    if workers > 1:  # fresh processes (spawn: torch's thread pools do not survive a fork)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(preset, str(run_dir), seed)) as pool:
+            done = [pool.submit(_work, setting, run_seed) for setting, run_seed in jobs]
+            for future in tqdm(as_completed(done), total=len(done), desc="frontier runs",
+                               disable=not progress):
+                future.result()  # a worker's error stops the study, naming its run
+    runs = []
+    for setting, run_seed in tqdm(jobs, desc="frontier runs", disable=not progress or workers > 1):
+        run = run_one(preset, run_dir, shared, setting, run_seed,  # reads back what workers made
+                      callback=callback(f"{setting.method} {setting.name}") if callback else None)
+        runs.append({"method": setting.method, "setting": setting.name, "seed": run_seed,
+                     "evals": evals(run), "metrics": run.metrics, "samples": run.samples,
+                     "cost": run.cost})
+    reference = {row["split"]: row for row in evals(shared.reference)}
+    table = frontier.frontier_table(runs, reference, budgets=preset.frontier.budgets,
+                                    methods=[m for m in preset.frontier.methods
+                                             if any(r["method"] == m for r in runs)])
+    return Study(runs, reference, table)
+
+
+def _claim(preset: Preset, run_dir, seed: int) -> None:
+    """Mark ``run_dir`` as this preset's and this π_ref's study; refuse one that is another's."""
+    path = Path(run_dir) / "study.json"
+    mine = json.loads(json.dumps({"preset": preset.name,
+                                  "reference": pipeline.reference_settings(preset, seed)}))
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        if theirs != mine:
+            changed = ", ".join(changes(theirs, mine))
+            raise ValueError(f"{run_dir} holds another study ({changed} differ): "
+                             "use another folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine, indent=1))
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(preset: Preset, run_dir: str, seed: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # two processes of one thread: more than one of two on these sizes
+    _WORKER.update(preset=preset, run_dir=run_dir, shared=prepare(preset, run_dir, seed=seed))
+
+
+def _work(setting: Setting, seed: int) -> None:
+    try:
+        run_one(_WORKER["preset"], _WORKER["run_dir"], _WORKER["shared"], setting, seed)
+    except Exception as error:  # the parent sees this message: say which run it was
+        raise RuntimeError(f"{setting.method} {setting.name} seed {seed}: "
+                           f"{type(error).__name__}: {error}") from None
+
+
+def study_json(study: Study, preset: Preset, command: str = "") -> dict:
+    """The shipped form (``frontier.json``): every evaluation point with its interval over prompts
+    (seeds apart), π_ref's, and the matched-KL table."""
+    points = []
+    for run in study.runs:
+        for row in run["evals"]:
+            if row["split"] != "report":
+                continue
+            reward, low, high = frontier.mean_interval(row["reward"])
+            points.append({"method": run["method"], "setting": run["setting"], "seed": run["seed"],
+                           "step": row["step"], "reward": reward, "reward_low": low,
+                           "reward_high": high, "kl": sum(row["kl"]) / len(row["kl"]),
+                           "length": sum(row["length"]) / len(row["length"])})
+    ref = study.reference["report"]
+    reward, low, high = frontier.mean_interval(ref["reward"])
+    return {"preset": preset.name, "command": command, "frontier": asdict(preset.frontier),
+            "reference": {"reward": reward, "reward_low": low, "reward_high": high},
+            "points": points, "table": study.table}
+
+
+def save_study(study: Study, preset: Preset, path, command: str = "") -> Path:
+    """``study_json`` written to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(study_json(study, preset, command), indent=1, ensure_ascii=False))
+    return path
+
+
+
+def table_lines(table: dict) -> list[str]:
+    """The matched-KL table as text: each method's reward at every budget, its 95 % interval, and
+    its difference from the baseline with the verdict."""
+    budgets = table["budgets"]
+    lines = [f"{'method':<14}" + "".join(f"{f'KL {b:g}':>26}" for b in budgets)]
+    for method in dict.fromkeys(row["method"] for row in table["rows"]):
+        cells = []
+        for budget in budgets:
+            row = next(r for r in table["rows"] if r["method"] == method and r["budget"] == budget)
+            if row["value"] is None:
+                cells.append(row["status"])
+            elif row["low"] is None:
+                cells.append(f"{row['value']:.3f} ({row['status']})")
+            else:
+                verdict = "" if row["verdict"] == "baseline" else f" {row['verdict']}"
+                cells.append(f"{row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]{verdict}")
+        lines.append(f"{method:<14}" + "".join(f"{cell:>26}" for cell in cells))
+    return lines

@@ -1,0 +1,123 @@
+"""The frontier study (study.py, `dpo-edu frontier`): the settings and configs of every method, a whole study on a
+tiny run folder, its shipped JSON and table, a resumed study that trains nothing again, and a folder of another
+study refused."""
+
+import json
+
+import pytest
+from conftest import TINY_RUN
+
+from dpo_edu import cli, frontier, plots, study
+from dpo_edu.presets import METHODS, PRESETS, get_preset
+
+# a whole study in seconds: π_ref's SFT, pairs, reward model and every run of two steps, 2 seeds
+TINY_STUDY = {**TINY_RUN, "sft.steps": 2, "sft.batch_size": 4, "sft.max_length": 32, "reward_model.steps": 2,
+              "dpo.steps": 2, "dpo.batch_size": 4, "dpo.max_length": 32, "ppo.steps": 2, "ppo.batch_size": 8,
+              "ppo.mini_batch_size": 4, "ppo.ppo_epochs": 1, "preferred_ft.steps": 2, "unlikelihood.steps": 2,
+              "preferred_ft.max_length": 32, "unlikelihood.max_length": 32, "ground_truth.reviews": 200,
+              "frontier.methods": ["DPO", "PPO-GT", "Best-of-N"], "frontier.dpo_betas": [0.1, 1.0],
+              "frontier.ppo_targets": [4.0], "frontier.best_of_n": [1, 2], "frontier.seeds": 2, "frontier.evals": 2,
+              "frontier.select_prompts": 2, "frontier.report_prompts": 3, "frontier.samples_per_prompt": 2,
+              "frontier.budgets": [0.5, 1.0]}
+
+
+def test_every_preset_sweeps_every_method_as_configured():
+    for name, preset in PRESETS.items():
+        settings = study.settings(preset)
+        assert {s.method for s in settings} == set(preset.frontier.methods) == set(METHODS), name
+        by_method = {m: [s.value for s in settings if s.method == m] for m in METHODS}
+        assert by_method["DPO"] == list(preset.frontier.dpo_betas)
+        assert by_method["PPO-GT"] == by_method["PPO"] == list(preset.frontier.ppo_targets)
+        assert by_method["Unlikelihood"] == list(preset.frontier.unlikelihood_alphas)
+        assert by_method["Best-of-N"] == [preset.frontier.best_of_n] and by_method["Preferred-FT"] == [None]
+        assert len({s.folder for s in settings}) == len(settings)  # one folder a setting
+    cpu = PRESETS["cpu"].frontier  # the shipped study: ≥ 3 seeds, ≥ 7 methods, ≥ 4 settings a swept method
+    assert cpu.seeds >= 3 and len(cpu.methods) >= 7
+    assert min(map(len, (cpu.dpo_betas, cpu.ipo_betas, cpu.cdpo_betas, cpu.ppo_targets, cpu.unlikelihood_alphas,
+                         cpu.best_of_n))) >= 4
+
+
+def test_each_method_trains_with_its_own_loss_and_the_swept_value():
+    preset = PRESETS["cpu"]
+    configs = {s.method: study.train_config(preset, s, seed=7, items=1000) for s in study.settings(preset)
+               if s.method != "Best-of-N"}
+    assert (configs["DPO"].loss_type, configs["DPO"].label_smoothing) == ("sigmoid", 0.0)
+    assert (configs["IPO"].loss_type, configs["IPO"].beta) == ("ipo", preset.frontier.ipo_betas[-1])
+    assert configs["cDPO"].label_smoothing == preset.frontier.cdpo_epsilon
+    assert configs["PPO"].target_kl == configs["PPO-GT"].target_kl == preset.frontier.ppo_targets[-1]
+    assert configs["Unlikelihood"].alpha == preset.frontier.unlikelihood_alphas[-1]
+    for method, config in configs.items():
+        assert config.seed == 7, method
+        total = config.total_steps(1000)  # evaluated frontier.evals times, the last at the final step
+        assert len({*range(config.eval_every, total + 1, config.eval_every), total}) == preset.frontier.evals, method
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, one_thread_per_module):
+    folder = tmp_path_factory.mktemp("study")
+    preset = get_preset("ci", TINY_STUDY, verbose=False)
+    return preset, folder, study.run_study(preset, folder, progress=False)
+
+
+def test_a_whole_study_gives_every_run_and_a_table_without_nan(tiny_study):
+    preset, folder, result = tiny_study
+    assert [(r["method"], r["setting"], r["seed"]) for r in result.runs] == [
+        ("DPO", "β=0.1", 0), ("DPO", "β=0.1", 1), ("DPO", "β=1", 0), ("DPO", "β=1", 1),
+        ("PPO-GT", "target KL 4", 0), ("PPO-GT", "target KL 4", 1), ("Best-of-N", "N ≤ 2", 0),
+        ("Best-of-N", "N ≤ 2", 1)]
+    for run in result.runs:
+        assert {row["split"] for row in run["evals"]} == {"select", "report"}
+        assert all(len(row["reward"]) == (2 if row["split"] == "select" else 3) for row in run["evals"])
+    assert (folder / "runs/dpo/beta_0.1/seed_1/settings.json").is_file()
+    seeds = [r["metrics"] for r in result.runs if r["setting"] == "β=0.1"]
+    assert seeds[0] != seeds[1]  # another seed: another training order and other samples
+    rows = result.table["rows"]
+    assert {(r["method"], r["budget"]) for r in rows} == {(m, b) for m in ("DPO", "PPO-GT", "Best-of-N")
+                                                          for b in (0.5, 1.0)}
+    assert "nan" not in json.dumps(result.table).lower()
+    # the table is frontier.frontier_table of the runs' evaluations
+    again = frontier.frontier_table(result.runs, result.reference, budgets=(0.5, 1.0),
+                                    methods=["DPO", "PPO-GT", "Best-of-N"])
+    assert again["rows"] == rows
+
+
+def test_the_shipped_json_holds_every_report_point_with_its_interval(tiny_study):
+    preset, _, result = tiny_study
+    shipped = study.study_json(result, preset, "dpo-edu frontier --preset ci")
+    assert shipped["preset"] == "ci" and shipped["frontier"]["seeds"] == 2
+    assert len(shipped["points"]) == sum(sum(row["split"] == "report" for row in r["evals"]) for r in result.runs)
+    for point in shipped["points"]:
+        assert point["reward_low"] <= point["reward"] <= point["reward_high"]
+        assert {"method", "setting", "seed", "step", "kl", "length"} <= set(point)
+    reference = result.reference["report"]["reward"]
+    assert shipped["reference"]["reward"] == pytest.approx(sum(reference) / len(reference))
+    lines = study.table_lines(shipped["table"])
+    assert lines[0].split()[:1] == ["method"] and len(lines) == 4
+    plots.plot_study(shipped, shipped=shipped, budget=1.0)  # draws, with a shipped study beside it
+
+
+def test_a_second_study_reuses_every_run_and_another_preset_is_refused(tiny_study, capsys):
+    preset, folder, result = tiny_study
+    capsys.readouterr()
+    again = study.run_study(preset, folder, progress=False)
+    out = capsys.readouterr().out
+    assert "building" not in out and out.count("reusing") >= len(result.runs)
+    assert [r["metrics"] for r in again.runs] == [r["metrics"] for r in result.runs]
+    other = get_preset("ci", {**TINY_STUDY, "sft.lr": 5e-4}, verbose=False)
+    with pytest.raises(ValueError, match=r"holds another study \(reference.sft.lr differ\)"):
+        study.run_study(other, folder, progress=False)
+
+
+def test_the_command_writes_the_json_and_figure_and_prints_the_table(tmp_path, capsys, one_thread):
+    overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in TINY_STUDY.items()
+                 if k != "frontier.methods"]
+    cli.main(["frontier", "--preset", "ci", "--out", str(tmp_path), "--methods", "DPO,Best-of-N", "--seeds", "1",
+              *sum((["--set", o] for o in overrides), [])])
+    out = capsys.readouterr().out
+    shipped = json.loads((tmp_path / "frontier.json").read_text())
+    assert {p["method"] for p in shipped["points"]} == {"DPO", "Best-of-N"} and shipped["frontier"]["seeds"] == 1
+    assert shipped["command"].startswith("dpo-edu") and shipped["seconds"] > 0
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert "method" in out and "runs in" in out
+    with pytest.raises(SystemExit, match="methods must be some of"):
+        cli.main(["frontier", "--preset", "ci", "--out", str(tmp_path), "--methods", "DPO,KTO"])
