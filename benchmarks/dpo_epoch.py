@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from dpo_edu import evaluate, pipeline
+from dpo_edu import runs, study
 from dpo_edu.presets import get_preset
 
 
@@ -32,19 +33,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     preset = get_preset(args.preset, {"dpo.epochs": args.epochs})
-    ref = pipeline.reference_policy(preset, args.out, seed=args.seed)
-    reward = pipeline.ground_truth_reward(preset, args.out, seed=args.seed)
-    pairs = pipeline.preference_pairs(preset, args.out, ref=ref, reward=reward, seed=args.seed)
-    prompts = pipeline.eval_prompts(preset, ref.tokenizer, preset.frontier.eval_prompts, seed=args.seed)
-    ref_eval, _ = evaluate.evaluate_policy(ref.policy, ref.policy, ref.tokenizer, prompts, reward, preset.generation,
-                                           seed=args.seed, batch_size=len(prompts))
+    shared = study.prepare(preset, args.out, seed=args.seed)  # π_ref, the pairs, π_ref's evaluation
+    pairs = shared.pairs
+    config = replace(preset.dpo, beta=args.beta, seed=args.seed)
+    config = replace(config, eval_every=runs.eval_every(config.total_steps(len(pairs.train)), 3))
 
-    bench_dir = args.out / "bench_dpo_epoch"  # a run folder of its own: notebook 05's cached runs stay as they are
+    bench_dir = args.out / "bench_dpo_epoch"  # a run folder of its own: notebook 05's runs stay as they are
     start = time.perf_counter()
-    run = pipeline.dpo_run(preset, bench_dir, ref=ref, pairs=pairs, reward=reward, prompts=prompts, beta=args.beta,
-                           seed=args.seed)
+    run = runs.offline_run(preset, bench_dir, shared.ref, pairs, shared.reward, shared.prompts, config, "dpo",
+                           f"DPO β={args.beta:g}")
     wall = time.perf_counter() - start
     shutil.rmtree(bench_dir)
+    ref_eval = shared.reference.metrics[0]
+    prompts = shared.prompts["report"]
 
     cost, evals = run.cost, [row for row in run.metrics if "eval/reward" in row]
     steps = evals[-1]["step"]
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"DPO run: {cost['seconds']:.1f} s (reference precompute + training; {wall:.1f} s with "
           f"{len(evals)} evaluations), {cost['forward_tokens']:,} forward / {cost['backward_tokens']:,} "
           f"backward token passes, peak {cost['peak_memory_mb']:,.0f} MiB")
-    print(f"held-out prompts: {len(prompts)}; π_ref's ground-truth reward {ref_eval['eval/reward']:.3f}")
+    print(f"report prompts: {len(prompts)} × {preset.frontier.samples_per_prompt} samples; π_ref's ground-truth "
+          f"reward {ref_eval['eval/reward']:.3f}")
     for row in evals:
         print(f"  step {row['step']:>5}: reward {row['eval/reward']:.3f}, KL(π‖π_ref) {row['eval/kl']:.2f}")
 

@@ -37,10 +37,13 @@ def stage_rows(out: Path) -> list[dict]:
 
 
 def _running_order(stage: Path) -> tuple:
-    """reward_model/ first, then dpo/beta_* and ppo/target_* by their number (target_2 before target_16)."""
-    number = stage.name.rpartition("_")[2]
-    value = float(number) if number.replace(".", "", 1).isdigit() else 0.0
-    return len(stage.parts), stage.parent.as_posix(), value, stage.name
+    """Shallow stages first (reward_model/, reference/), then by each folder's name and number:
+    runs/ppo/target_2 before runs/ppo/target_16."""
+    def part(name: str) -> tuple:
+        prefix, _, number = name.rpartition("_")
+        return (prefix, float(number)) if number.replace(".", "", 1).isdigit() else (name, 0.0)
+
+    return len(stage.parts), [part(name) for name in stage.parts]
 
 
 def timing_table(rows: list[dict]) -> str:

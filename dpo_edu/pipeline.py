@@ -172,12 +172,13 @@ def trained(done: Stage, model=None) -> Trained:
                    json.loads((done.folder / COST).read_text()), done)
 
 
-def save_trained(folder: Path, metrics, cost: CostMeter, samples=None) -> None:
-    """Write what :func:`trained` reads: metrics, samples and cost."""
+def save_trained(folder: Path, metrics, cost, samples=None) -> None:
+    """Write what :func:`trained` reads: metrics, samples and cost (a meter or its summary)."""
     save_metrics(metrics, folder / METRICS)
     if samples is not None:
         data.save_jsonl(samples, folder / SAMPLES)
-    (folder / COST).write_text(json.dumps(cost.summary()))
+    summary = cost.summary() if isinstance(cost, CostMeter) else cost
+    (folder / COST).write_text(json.dumps(summary))
 
 
 def reward_model(preset: Preset, run_dir, ref: Reference, pairs: Pairs, seed: int = 0,

@@ -200,35 +200,6 @@ def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
     return fig
 
 
-def plot_frontier(runs: dict[str, list[dict]], reference_reward: float,
-                  highlight: str | None = None) -> Figure:
-    """The reward–KL frontier (DPO paper, Fig. 2): ``eval/reward`` against ``eval/kl`` of every
-    evaluation of every run. Runs named "DPO…" are drawn in blues, the others (PPO) in oranges;
-    ``highlight`` is drawn larger."""
-    from matplotlib import colormaps
-
-    fig, (ax,) = _figure(width=6.5, height=4.2)
-    families = {"DPO": colormaps["Blues"], "other": colormaps["Oranges"]}
-    counts = {key: sum(name.startswith("DPO") == (key == "DPO") for name in runs)
-              for key in families}
-    seen = dict.fromkeys(families, 0)
-    for name, rows in runs.items():
-        key = "DPO" if name.startswith("DPO") else "other"
-        seen[key] += 1
-        colour = families[key](0.35 + 0.6 * seen[key] / max(counts[key], 1))
-        points = [(row["eval/kl"], row["eval/reward"]) for row in rows if "eval/kl" in row]
-        if points:
-            kl, reward = zip(*points)
-            size = 70 if name == highlight else 25
-            ax.scatter(kl, reward, s=size, color=colour, marker="o" if key == "DPO" else "s",
-                       label=name, zorder=3)
-    ax.axhline(reference_reward, color="gray", ls="--", lw=1, label="π_ref (SFT)")
-    ax.set(xlabel="sequence KL(π ‖ π_ref) on held-out prompts", ylabel="ground-truth reward",
-           title="Reward–KL frontier")
-    ax.legend(fontsize=7, ncol=2)
-    return fig
-
-
 METHOD_COLOURS = {"DPO": "C0", "IPO": "C9", "cDPO": "C4", "PPO": "C1", "PPO-GT": "C3",
                   "Preferred-FT": "C2", "Unlikelihood": "C5", "Best-of-N": "C7"}
 
@@ -256,7 +227,8 @@ def plot_study(study: dict, shipped: dict | None = None, methods=None,
                 ax.scatter(*zip(*cloud), s=10, color=colour, alpha=0.25, lw=0)
             kl = [0.0] + [p["report_kl"] for p in chosen]
             reward = [origin] + [p["report_reward"] for p in chosen]
-            label = f"{method} ({source['preset']} study)" if faint else method
+            label = method if not faint else (  # one legend entry for a shipped study
+                f"dashed: the {source['preset']} study" if method == methods[0] else None)
             ax.plot(kl, reward, color=colour, alpha=alpha, ls="--" if faint else "-",
                     marker="" if faint else "o", ms=4, label=label)
             for row in source["table"]["rows"]:
@@ -279,3 +251,23 @@ def _seed_means(points) -> list[tuple[float, float]]:
     for p in points:
         groups.setdefault((p["setting"], p["step"]), []).append((p["kl"], p["reward"]))
     return [tuple(np.mean(values, axis=0)) for values in groups.values()]
+
+
+def plot_overoptimisation(runs: list[dict]) -> Figure:
+    """Over-optimisation along PPO runs (``study`` runs with ``eval/rm_score``): the ground-truth
+    reward and the reward model's score of the same samples as the KL grows, seeds averaged."""
+    fig, axes = _figure(ncols=2, width=4.6, height=3.6)
+    settings = dict.fromkeys(run["setting"] for run in runs)
+    for colour, setting in enumerate(settings):
+        rows = [row for run in runs if run["setting"] == setting for row in run["metrics"]
+                if "eval/rm_score" in row]
+        steps = sorted({row["step"] for row in rows})
+        means = [np.mean([[r["eval/kl"], r["eval/reward"], r["eval/rm_score"]] for r in rows
+                          if r["step"] == step], axis=0) for step in steps]
+        kl, truth, score = zip(*means)
+        for ax, values in zip(axes, (truth, score)):
+            ax.plot(kl, values, marker="o", color=f"C{colour}", label=setting)
+    axes[0].set(xlabel="KL(π ‖ π_ref)", ylabel="ground-truth reward", title="what we want")
+    axes[1].set(xlabel="KL(π ‖ π_ref)", ylabel="reward model's score r_φ", title="what PPO climbs")
+    axes[1].legend(fontsize=7)
+    return fig

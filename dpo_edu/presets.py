@@ -143,8 +143,8 @@ PRESETS = {
         pairs=PairsConfig(prompts=2500, eval_prompts=250, batch_size=128),
         sft=SFTConfig(steps=600, batch_size=16, lr=1e-3, warmup_steps=50, max_length=128),
         reward_model=RewardConfig(epochs=1.0, batch_size=32, lr=3e-4),
-        # 0.4 epoch: ~340 steps of 16 over ~13,500 pairs, so a 3-β sweep fits notebook 05's budget
-        dpo=DPOConfig(epochs=0.4, batch_size=16, lr=1e-4, beta=0.1, warmup_steps=10, max_length=128,
+        # 0.3 epoch: ~250 steps of 16 over ~13,500 pairs, so the frontier study fits its 2 hours
+        dpo=DPOConfig(epochs=0.3, batch_size=16, lr=1e-4, beta=0.1, warmup_steps=10, max_length=128,
                       length_buckets=3),
         # lr 3e-5: clipfrac ~0.03 (at 1e-4, ~0.25, and KL drifted to 3 even at a fixed β of 2);
         # kl_coef 0.2: from 0.05, KL reached 6–10 before β caught up in 64 steps;
@@ -152,16 +152,16 @@ PRESETS = {
         # about 2 minutes on one CPU thread
         ppo=PPOConfig(steps=64, batch_size=32, mini_batch_size=8, ppo_epochs=4, lr=3e-5,
                       kl_coef=0.2, kl_horizon=128),
-        preferred_ft=PreferredFTConfig(epochs=0.4, batch_size=16, lr=1e-4, warmup_steps=10,
+        preferred_ft=PreferredFTConfig(epochs=0.3, batch_size=16, lr=1e-4, warmup_steps=10,
                                        max_length=128),
-        unlikelihood=UnlikelihoodConfig(epochs=0.4, batch_size=16, lr=1e-4, warmup_steps=10,
+        unlikelihood=UnlikelihoodConfig(epochs=0.3, batch_size=16, lr=1e-4, warmup_steps=10,
                                         max_length=128),
         frontier=Frontier(methods=METHODS, dpo_betas=(0.05, 0.1, 0.5, 2.0),
                           ipo_betas=(0.1, 0.3, 1.0, 3.0), cdpo_betas=(0.05, 0.1, 0.5, 2.0),
                           cdpo_epsilon=0.1, ppo_targets=(1.0, 3.0, 6.0, 12.0),
                           unlikelihood_alphas=(0.1, 0.3, 0.6, 1.0),
                           best_of_n=(1, 2, 4, 8, 16, 32, 64), seeds=3, evals=3,
-                          select_prompts=200, report_prompts=250, samples_per_prompt=2,
+                          select_prompts=150, report_prompts=250, samples_per_prompt=2,
                           budgets=(2.0, 5.0, 10.0)),
     ),
     "gpt2": Preset(

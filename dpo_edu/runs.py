@@ -9,6 +9,7 @@ several samples a prompt, their per-prompt means kept for ``frontier.py``'s inte
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from . import baselines, dpo, models, ppo, preferences
+from . import baselines, data, dpo, models, ppo, preferences
 from .cost import CostMeter
 from .evaluate import make_eval_fn
 from .pipeline import Pairs, Reference, Trained, imdb_splits, pair_prompts, save_trained, trained
@@ -84,35 +85,61 @@ def reference_eval(preset: Preset, run_dir, ref: Reference, reward, prompts: dic
     return trained(stage(Path(run_dir) / "reference", settings, build, "π_ref's evaluation"))
 
 
+def reference_logps(preset: Preset, run_dir, ref: Reference, pairs: Pairs,
+                    config) -> tuple[list[dict], dict]:
+    """``(pairs, cost)``: the training pairs with log π_ref of each response, tokenized as
+    ``config`` says, computed once for every DPO-family run that shares them
+    (``dpo.precompute_reference_logps``), in ``reference_logps/<key>``."""
+    tokens = {"max_length": config.max_length, "append_eos": config.append_eos,  # what they hang on
+              "batch_size": config.ref_batch_size or config.batch_size}
+    settings = {"pairs": pairs.stage.settings, "tokens": tokens}
+
+    def build(folder: Path) -> None:
+        ref_model = models.load_policy(ref.stage.folder, ref.tokenizer, device=preset.model.device,
+                                       dtype=preset.model.dtype)
+        with CostMeter(ref_model) as cost:
+            prepared, _ = dpo.precompute_reference_logps(ref_model, ref.tokenizer, pairs.train,
+                                                         config)
+        data.save_jsonl(prepared, folder / "pairs.jsonl")
+        (folder / "cost.json").write_text(json.dumps(cost.summary()))
+
+    done = stage(Path(run_dir) / "reference_logps" / fingerprint(settings)[:8], settings, build,
+                 "π_ref's log-probs of the pairs")
+    return (data.load_jsonl(done.folder / "pairs.jsonl"),
+            json.loads((done.folder / "cost.json").read_text()))
+
+
 def offline_run(preset: Preset, run_dir, ref: Reference, pairs: Pairs, reward, prompts: dict,
                 config, folder: str, label: str, callback=None) -> Trained:
-    """One run trained on the pairs, sampling nothing: DPO, IPO and cDPO (a ``DPOConfig``),
-    Preferred-FT or Unlikelihood (theirs), evaluated every ``config.eval_every`` steps. Its cost
-    counts the reference precompute and training, not the evaluations."""
+    """One run trained on the pairs, sampling nothing: DPO, IPO and cDPO (a ``DPOConfig``, on
+    π_ref's log-probs computed once), Preferred-FT or Unlikelihood (theirs), evaluated every
+    ``config.eval_every`` steps. Its cost counts training (and DPO's share of π_ref's pass over the
+    pairs: all of it, as if alone), not the evaluations."""
     settings = {"pairs": pairs.stage.settings, "method": type(config).__name__,
                 "config": result_settings(config), **_evaluation_settings(preset, prompts, reward)}
+    precomputed = (reference_logps(preset, run_dir, ref, pairs, config)
+                   if isinstance(config, dpo.DPOConfig) else None)
 
     def build(folder: Path) -> None:
         load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
         policy = models.load_policy(ref.stage.folder, **load)
-        ref_model = (models.load_policy(ref.stage.folder, **load)
-                     if isinstance(config, dpo.DPOConfig) else None)
         # π_ref is read from its folder at each evaluation: no second model in memory while training
         evaluate = _evaluator(preset, policy, ref.tokenizer, prompts, reward, ref.stage.folder,
                               config.seed)
-        with CostMeter(policy, *[m for m in (ref_model,) if m is not None]) as cost:
+        with CostMeter(policy) as cost:
             train = dict(callback=callback, eval_fn=_uncounted(evaluate, cost),
                          checkpoint_dir=folder / CHECKPOINT)
-            if ref_model is not None:  # DPO, IPO, cDPO: log π_ref of every pair once, then no π_ref
-                train_pairs, _ = dpo.precompute_reference_logps(ref_model, ref.tokenizer,
-                                                                pairs.train, config)
-                del ref_model
-                _, metrics = dpo.train_dpo(policy, ref.tokenizer, train_pairs, config, **train)
+            if precomputed is not None:  # DPO, IPO, cDPO: log π_ref of every pair, computed once
+                _, metrics = dpo.train_dpo(policy, ref.tokenizer, precomputed[0], config, **train)
             else:
                 trainer = {baselines.PreferredFTConfig: baselines.train_preferred_ft,
                            baselines.UnlikelihoodConfig: baselines.train_unlikelihood}[type(config)]
                 _, metrics = trainer(policy, ref.tokenizer, pairs.train, config, **train)
-        save_trained(folder, metrics, cost, evaluate.samples)
+        summary = cost.summary()
+        if precomputed is not None:  # a DPO run costs its π_ref pass too, as it would alone
+            summary = {key: (max if key == "peak_memory_mb" else sum)((value, precomputed[1][key]))
+                       for key, value in summary.items()}
+        save_trained(folder, metrics, summary, evaluate.samples)
 
     return trained(stage(Path(run_dir) / folder, settings, build, label))
 

@@ -88,7 +88,7 @@ def train_config(preset: Preset, setting: Setting, seed: int, items: int):
     base = {"DPO": preset.dpo, "IPO": preset.dpo, "cDPO": preset.dpo, "PPO": preset.ppo,
             "PPO-GT": preset.ppo, "Preferred-FT": preset.preferred_ft,
             "Unlikelihood": preset.unlikelihood}[setting.method]
-    swept = {"DPO": dict(beta=setting.value, loss_type="sigmoid", label_smoothing=0.0),
+    swept = {"DPO": dict(beta=setting.value),  # its loss as preset.dpo says: sigmoid unless set
              "IPO": dict(beta=setting.value, loss_type="ipo", label_smoothing=0.0),
              "cDPO": dict(beta=setting.value, loss_type="sigmoid",
                           label_smoothing=preset.frontier.cdpo_epsilon),
@@ -196,6 +196,16 @@ def _work(setting: Setting, seed: int) -> None:
                            f"{type(error).__name__}: {error}") from None
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "frontier"  # in a repository checkout
+
+
+def shipped_study(name: str = "cpu") -> dict | None:
+    """The study shipped in ``data/frontier/<name>.json``; None where there is no repository (a
+    package installed alone, as in Colab)."""
+    path = SHIPPED / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def study_json(study: Study, preset: Preset, command: str = "") -> dict:
     """The shipped form (``frontier.json``): every evaluation point with its interval over prompts
     (seeds apart), π_ref's, and the matched-KL table."""
@@ -225,21 +235,24 @@ def save_study(study: Study, preset: Preset, path, command: str = "") -> Path:
 
 
 
+def reading(row: dict) -> str:
+    """One method's reading of the table: "DPO 0.612 [0.583, 0.640]", or why there is none."""
+    if row["value"] is None:
+        return f"{row['method']} {row['status']}"
+    if row["low"] is None:
+        return f"{row['method']} {row['value']:.3f} ({row['status']})"
+    return f"{row['method']} {row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+
+
 def table_lines(table: dict) -> list[str]:
-    """The matched-KL table as text: each method's reward at every budget, its 95 % interval, and
-    its difference from the baseline with the verdict."""
-    budgets = table["budgets"]
-    lines = [f"{'method':<14}" + "".join(f"{f'KL {b:g}':>26}" for b in budgets)]
-    for method in dict.fromkeys(row["method"] for row in table["rows"]):
-        cells = []
-        for budget in budgets:
-            row = next(r for r in table["rows"] if r["method"] == method and r["budget"] == budget)
-            if row["value"] is None:
-                cells.append(row["status"])
-            elif row["low"] is None:
-                cells.append(f"{row['value']:.3f} ({row['status']})")
-            else:
-                verdict = "" if row["verdict"] == "baseline" else f" {row['verdict']}"
-                cells.append(f"{row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]{verdict}")
-        lines.append(f"{method:<14}" + "".join(f"{cell:>26}" for cell in cells))
+    """The matched-KL table as text: a line a method and budget, its reward and 95 % interval,
+    and its difference from the baseline with the verdict."""
+    lines = [f"reward at matched KL, 95 % intervals; differences from {table['baseline']}:"]
+    for row in table["rows"]:
+        line = f"  KL {row['budget']:<4g} {reading(row)}"
+        if row["difference"] is not None and row["verdict"] != "baseline":
+            line += (f"; {row['difference']:+.3f} [{row['difference_low']:+.3f}, "
+                     f"{row['difference_high']:+.3f}] {row['verdict']}" if row["difference_low"]
+                     is not None else f"; {row['difference']:+.3f} ({row['verdict']})")
+        lines.append(line)
     return lines

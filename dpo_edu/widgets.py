@@ -19,7 +19,7 @@ import torch
 from IPython.display import display
 from matplotlib.figure import Figure
 
-from . import bradley_terry, plots, toy
+from . import bradley_terry, plots, study, toy
 
 READOUT_CLASS = "dpo-edu-readout"
 
@@ -156,28 +156,21 @@ def explore_samples(samples: list[dict], model_scores: list[list[float]] | None 
     return explorer(controls, render)
 
 
-def explore_runs(runs: dict, reference_reward: float):
-    """Pick a run → its points highlighted on the reward–KL frontier and its latest samples listed.
+def explore_study(result: dict, shipped: dict | None = None):
+    """Pick the methods shown and a KL budget → the frontier redrawn, and each method's reward
+    there with its 95 % interval (``study.study_json``'s table; ``shipped`` drawn beside it)."""
+    methods = [m for m in plots.METHOD_COLOURS if any(p["method"] == m for p in result["points"])]
+    table = result["table"]
 
-    ``runs``: name → what ``pipeline.dpo_run`` / ``ppo_run`` return (``.metrics``, ``.samples``).
-    """
-    frontier = {name: run.metrics for name, run in runs.items()}
+    def render(show, budget):
+        chosen = methods if show == "all methods" else [show]
+        figure = plots.plot_study(result, shipped, chosen, budget)
+        rows = [r for r in table["rows"] if r["budget"] == budget and r["method"] in chosen]
+        return figure, f"KL {budget:g}: " + "; ".join(map(study.reading, rows))
 
-    def render(run):
-        samples = runs[run].samples[:6]
-        rows = "".join(
-            f"<tr><td>{html.escape(s['prompt'])}</td><td>{html.escape(s['completion'])}</td>"
-            f"<td>{s['reward']:.3f}</td><td>{s['kl']:.2f}</td></tr>"
-            for s in samples
-        )
-        last = [row for row in runs[run].metrics if "eval/reward" in row][-1]
-        text = (
-            f"{run}: reward {last['eval/reward']:.3f}, KL {last['eval/kl']:.2f}"
-            f"<table><tr><th>prompt</th><th>completion</th><th>reward</th><th>KL</th></tr>"
-            f"{rows}</table>"
-        )
-        return plots.plot_frontier(frontier, reference_reward, highlight=run), text
-
-    controls = {"run": widgets.Dropdown(options=list(runs), value=next(iter(runs)),
-                                        description="run")}
+    controls = {
+        "show": widgets.Dropdown(options=["all methods", *methods], description="show"),
+        "budget": widgets.SelectionSlider(options=[(f"{b:g}", b) for b in table["budgets"]],
+                                          description="KL budget", **_slider_style()),
+    }
     return explorer(controls, render)

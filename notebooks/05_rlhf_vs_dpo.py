@@ -14,25 +14,36 @@
 # ---
 
 # %% [markdown]
-# # 05 · RLHF vs DPO
+# # 05 · RLHF vs DPO: the reward–KL frontier as an experiment
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dpo-edu/dpo_edu/blob/main/notebooks/05_rlhf_vs_dpo.ipynb)
 #
-# The same reference policy $\pi_\text{ref}$, the same preference pairs (notebook 04), two ways to align:
+# The question of the DPO paper's Figure 2: **does DPO trade reward against KL better than RLHF with PPO?**
+# The same reference policy $\pi_\text{ref}$, the same preference pairs and the same reward model (notebook 04),
+# and every method of the figure:
 #
-# - **RLHF**: fit a reward model $r_\phi$ to the pairs (done in 04), then maximise
-#   $\mathbb E[r_\phi] - \beta\,\mathrm{KL}(\pi\|\pi_\text{ref})$ with **PPO**: sample, score, estimate advantages
-#   with a value head, take clipped policy-gradient steps, adapt β to hit a target KL. (PPO first divides
-#   $r_\phi - \mu_0$ by its spread $\sigma_0$ on $\pi_\text{ref}$'s samples, so its β is in units of $\sigma_0$:
-#   not comparable to DPO's β. Compare the runs by their KL instead.)
-# - **DPO**: minimise $-\log\sigma\big(\beta\log\frac{\pi(y_w)}{\pi_\text{ref}(y_w)} - \beta\log\frac{\pi(y_l)}{\pi_\text{ref}(y_l)}\big)$
-#   on the pairs directly (notebook 03): no reward model, no sampling during training.
+# | method | trains on | objective (per pair or sample) |
+# |---|---|---|
+# | **DPO** | the pairs | $-\log\sigma\big(\beta\log\frac{\pi(y_w)}{\pi_\text{ref}(y_w)} - \beta\log\frac{\pi(y_l)}{\pi_\text{ref}(y_l)}\big)$ (notebook 03) |
+# | **IPO**, **cDPO** | the pairs | DPO's fixes for deterministic labels (notebook 03, §8) |
+# | **PPO** | its own samples, scored by the reward model $r_\phi$ | $\mathbb E[r_\phi] - \beta\,\mathrm{KL}(\pi\|\pi_\text{ref})$, clipped policy gradient, a value head |
+# | **PPO-GT** | its own samples, scored by the *true* reward | the same, with the judge itself as reward: what a perfect reward model would give |
+# | **Preferred-FT** | the chosen responses | supervised fine-tuning on $y_w$ only |
+# | **Unlikelihood** | the pairs | raise $\log\pi(y_w)$, push every token of $y_l$ down with $\alpha\log(1-\pi)$ |
+# | **Best-of-N** | nothing | sample $N$ completions of $\pi_\text{ref}$, keep the one $r_\phi$ scores highest |
 #
-# Both are judged as in the DPO paper (§6.1, Fig. 2): on **held-out prompts**, the **ground-truth
-# reward** of samples against their **sequence KL** from $\pi_\text{ref}$. A method is better when its
-# points sit higher at the same KL: the *reward–KL frontier*.
+# Every method is judged alike, as in the paper (§6.1): samples on **held-out prompts**, their
+# **ground-truth reward**, and their **sequence KL** from $\pi_\text{ref}$. What makes it an experiment:
 #
-# **Library:** `dpo_edu/dpo.py`, `dpo_edu/ppo.py`, `dpo_edu/evaluate.py`, `dpo_edu/cost.py`, `dpo_edu/pipeline.py`.
+# - **seeds**: each setting is trained several times ($\pi_\text{ref}$, the pairs and $r_\phi$ fixed; the training
+#   order and the sampling vary), and each prompt is sampled several times;
+# - **two prompt sets**: a method's frontier (the upper envelope of its runs and checkpoints) is *chosen* on one
+#   set and *read* on another, so picking the best checkpoint does not flatter it;
+# - **matched KL**: each frontier is read at the same KL budgets, with **95 % bootstrap intervals** over prompts
+#   and seeds; one method beats another only when the interval of their difference excludes 0.
+#
+# **Library:** `dpo_edu/study.py` (the study), `runs.py` (each run), `frontier.py` (envelopes and intervals),
+# `dpo.py`, `ppo.py`, `baselines.py`, `evaluate.py`.
 
 # %% tags=["colab-install"]
 # Colab only: install dpo_edu; Colab's own torch, ipywidgets and matplotlib are kept. Elsewhere: nothing.
@@ -47,58 +58,49 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
-SEED = 0  # seeds training, sampling and evaluation
-PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"ppo.steps": 8} (all of them: dpo_edu/presets.py)
+SEED = 0  # seeds π_ref, the pairs and the reward model; the runs use SEED, SEED + 1, …
+PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"frontier.dpo_betas": [0.1]} (dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 RUN_DIR = ""  # run folder shared with notebook 04; "" means runs/<preset> at the repository root
-DPO_BETAS = []  # β of each DPO run; [] means the preset's sweep
-PPO_TARGETS = []  # target KL (nats) of each PPO run; [] means the preset's sweep
-N_EVALS = 3  # evaluations per run: the points each run puts on the frontier
-KL_BOUND = 5.0  # "best reward at bounded KL": the best evaluation with KL ≤ this many nats
+METHODS = ["DPO", "PPO", "Best-of-N"]  # the methods trained here; [] means all of the preset's (cpu: hours)
+SEEDS = 1  # training seeds per setting; 0 means the preset's (the shipped cpu study: 3)
 
 # %%
 # %matplotlib inline
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import display
 
-from dpo_edu import evaluate, pipeline, plots, ppo
+from dpo_edu import plots, ppo, study
 from dpo_edu.live import LiveCurves
 from dpo_edu.presets import get_preset
 from dpo_edu.record import record
 from dpo_edu.source import show_source
-from dpo_edu.widgets import explore_runs
+from dpo_edu.widgets import explore_study
 
-preset = get_preset(PRESET, PRESET_OVERRIDES)
-run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
-betas = list(DPO_BETAS) or list(preset.frontier.dpo_betas)
-targets = list(PPO_TARGETS) or list(preset.frontier.ppo_targets)
-print(f"run folder: {run_dir}; DPO β: {betas}; PPO target KL: {targets}")
+base = get_preset(PRESET, PRESET_OVERRIDES)
+run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / base.name
+preset = get_preset(PRESET, {**PRESET_OVERRIDES, "frontier.methods": METHODS or list(base.frontier.methods),
+                             "frontier.seeds": SEEDS or base.frontier.seeds}, verbose=False)
+shipped = study.shipped_study("cpu")  # the whole cpu study, measured once and shipped in data/frontier/
+print(f"run folder: {run_dir}; methods {list(preset.frontier.methods)}, {preset.frontier.seeds} seed(s) each")
 
 # %% [markdown]
 # ## 1. What notebook 04 built
 #
-# Each stage is loaded from the run folder, or built now if this notebook runs first.
+# Each stage is loaded from the run folder, or built now if this notebook runs first. The held-out prompts come
+# in two disjoint sets: **select** (which checkpoints make a method's frontier) and **report** (what we quote).
+# $\pi_\text{ref}$ is evaluated exactly as every run will be: its reward is the frontier's origin, at KL 0.
 
 # %%
-ref = pipeline.reference_policy(preset, run_dir, seed=SEED)
-policy, tokenizer = ref.policy, ref.tokenizer
-reward = pipeline.ground_truth_reward(preset, run_dir, seed=SEED)
-pairs = pipeline.preference_pairs(preset, run_dir, ref=ref, reward=reward, seed=SEED)
-rm = pipeline.reward_model(preset, run_dir, ref=ref, pairs=pairs, seed=SEED)
-train_prompts = sorted({pair["prompt"] for pair in pairs.train})  # PPO samples its own completions of these
-prompts = pipeline.eval_prompts(preset, tokenizer, preset.frontier.eval_prompts, seed=SEED)
-print(f"{len(pairs.train):,} training pairs over {len(train_prompts):,} prompts; {len(prompts)} held-out prompts")
-
-# %% [markdown]
-# The starting point: samples of $\pi_\text{ref}$ itself (KL 0) on the held-out prompts.
-
-# %%
-sft_eval, sft_samples = evaluate.evaluate_policy(
-    policy, policy, tokenizer, prompts, reward, preset.generation, seed=SEED, batch_size=len(prompts)
-)
-print(f"π_ref: ground-truth reward {sft_eval['eval/reward']:.3f}")
-record("sft_reward", sft_eval["eval/reward"])
+shared = study.prepare(preset, run_dir, seed=SEED)
+print(f"{len(shared.pairs.train):,} training pairs; PPO samples {len(shared.train_prompts):,} training prompts; "
+      f"{len(shared.prompts['select'])} select and {len(shared.prompts['report'])} report prompts, "
+      f"{preset.frontier.samples_per_prompt} samples each")
+reference = shared.reference.metrics[0]
+print(f"π_ref: ground-truth reward {reference['eval/reward']:.3f} on the report prompts")
+record("sft_reward", reference["eval/reward"])
 
 # %% [markdown]
 # ## 2. One PPO step, in code
@@ -125,12 +127,13 @@ show_source(ppo.gae)
 show_source(ppo.ppo_update)
 
 # %% [markdown]
-# ## 3. Train both, side by side
+# ## 3. Train every method
 #
-# Every DPO β and every PPO target KL is one run from the same $\pi_\text{ref}$; each is evaluated
-# `N_EVALS` times during training. The dashboard redraws as they train: ground-truth reward and KL on
-# the held-out prompts, the training loss, DPO's implicit-reward margins and accuracies (notebook 03's
-# metrics, with TRL's names), and DPO's chosen and rejected log-probabilities.
+# Each setting of each method (DPO's β, PPO's target KL, …) is trained from $\pi_\text{ref}$ with every seed, and
+# evaluated `frontier.evals` times on both prompt sets. Each run is a stage of the run folder: a finished run is
+# read back, an interrupted one resumes. The dashboard redraws as they train: the ground-truth reward and KL on
+# the report prompts, the training loss, DPO's implicit-reward margins, and DPO's chosen and rejected
+# log-probabilities.
 #
 # Watch the last panel. DPO only needs the *margin* between chosen and rejected to grow; nothing
 # stops both log-probabilities from falling. When $\log\pi(y_w)$ drops too, probability mass moves to
@@ -141,31 +144,22 @@ show_source(ppo.ppo_update)
 dashboard = LiveCurves(
     [["eval/reward"], ["eval/kl"], ["loss", "loss/policy"], ["rewards/margins", "rewards/accuracies"],
      ["logps/chosen", "logps/rejected"]],
-    title="RLHF vs DPO",
+    title="every method",
 )
-runs = {}
-for beta in betas:
-    name = f"DPO β={beta:g}"
-    runs[name] = pipeline.dpo_run(
-        preset, run_dir, ref=ref, pairs=pairs, reward=reward, prompts=prompts, beta=beta, seed=SEED, n_evals=N_EVALS,
-        callback=dashboard.run(name),
-    )
-for target in targets:
-    name = f"PPO KL→{target:g}"
-    runs[name] = pipeline.ppo_run(
-        preset, run_dir, ref=ref, reward=reward, prompts=prompts, train_prompts=train_prompts, target_kl=target,
-        reward_model=rm, seed=SEED, n_evals=N_EVALS, callback=dashboard.run(name),
-    )
+result = study.run_study(preset, run_dir, seed=SEED, callback=dashboard.run)
+own = study.study_json(result, preset)
+record("runs", {m: sum(r["method"] == m for r in result.runs) for m in preset.frontier.methods})
 
 # %%
+by_setting = {f"{r['method']} {r['setting']}": r["metrics"] for r in result.runs if r["seed"] == SEED}
 plots.plot_training_curves(
-    {name: run.metrics for name, run in runs.items()},
-    [["eval/reward"], ["eval/kl"], ["logps/chosen", "logps/rejected"]],
+    {name: rows for name, rows in by_setting.items() if name.startswith(("DPO", "IPO", "cDPO"))},
+    [["loss"], ["rewards/margins"], ["logps/chosen", "logps/rejected"]],
 )
 
 # %% [markdown]
-# DPO's per-step log-probabilities are noisy from batch to batch, so the last panel draws a long curve
-# (100 steps or more) faint, under its mean over 20 steps: solid is chosen, dashed rejected, one colour per β.
+# DPO's per-step log-probabilities are noisy from batch to batch, so a long curve (100 steps or more) is drawn
+# faint, under its mean over 20 steps: solid is chosen, dashed rejected, one colour per β.
 #
 # **How PPO steers its KL.** The adaptive controller (Ziegler et al., 2019) multiplies β by
 # $1 + \text{clip}(\mathrm{KL}/\mathrm{KL}_\text{target} - 1, \pm 0.2)\cdot n/H$ after every rollout of $n$
@@ -174,108 +168,142 @@ plots.plot_training_curves(
 # target and β keeps falling; when the policy finds it, the KL can overshoot while β climbs back. Below:
 # the KL of each rollout, β, and the fraction of tokens whose probability ratio PPO clipped. A healthy run
 # clips a few percent. With a learning rate too high for the batch, noisy updates wander away from
-# $\pi_\text{ref}$ whatever the penalty. While tuning the `cpu` preset we measured it: at a learning rate of
-# 1e-4 PPO clipped ~25 % of tokens and the KL reached 3 even at a fixed β of 2, where the optimum stays near
-# $\pi_\text{ref}$; at 3e-5 (the preset's) it clips ~3 %. *Try it:* `PRESET_OVERRIDES = {"ppo.lr": 1e-4}`
-# (only the PPO runs are rebuilt; SFT, the pairs, the reward model and DPO are reused).
+# $\pi_\text{ref}$ whatever the penalty: at 1e-4 the `cpu` preset's PPO clipped ~25 % of tokens and the KL reached
+# 3 even at a fixed β of 2; at 3e-5 (the preset's) it clips ~3 %. *Try it:* `PRESET_OVERRIDES = {"ppo.lr": 1e-4}`
+# (only the PPO runs are rebuilt).
 
 # %%
-plots.plot_training_curves(
-    {name: run.metrics for name, run in runs.items() if name.startswith("PPO")},
-    [["objective/kl"], ["objective/kl_coef"], ["policy/clipfrac"]],
-)
+ppo_runs = {name: rows for name, rows in by_setting.items() if name.startswith("PPO")}
+if ppo_runs:
+    display(plots.plot_training_curves(ppo_runs, [["objective/kl"], ["objective/kl_coef"], ["policy/clipfrac"]]))
 
 # %% [markdown]
-# ## 4. The reward–KL frontier
+# ## 4. The reward–KL frontier, with intervals
 #
-# Every evaluation of every run: ground-truth reward against sequence KL on held-out prompts (the
-# exact per-token KL summed over each sampled response, `evaluate.sequence_kl`). In the paper (GPT-2
-# large, IMDb), DPO's points dominate PPO's: more reward at every KL. Do they here? With the `ci` preset's
-# tiny model and a few dozen steps the picture is noise. At `cpu` we measured an overlap (figures in the
-# README): DPO sits higher at small KL, PPO higher at KL 4–6. A 4-layer model, 0.4 epoch of DPO and
-# 64 PPO steps are far from the paper's runs; read the picture as what these budgets buy, not as a verdict.
+# Below, each method's evaluations (faint dots: a setting's checkpoint, its seeds averaged), its **frontier**
+# (the line: the upper envelope chosen on the select prompts, read on the report prompts, from $\pi_\text{ref}$ at
+# KL 0), and its reading at each KL budget with a 95 % interval (diamonds). Dashed and pale: the **shipped `cpu`
+# study** (`data/frontier/cpu.json`, every method with 3 seeds), made once with `dpo-edu frontier --preset cpu`.
+# With `ci`'s tiny model and a few dozen steps your own runs are noise; the shipped study is the one to read.
 
 # %%
-frontier = {name: run.metrics for name, run in runs.items()}
-plots.plot_frontier(frontier, sft_eval["eval/reward"])
-
-# %%
-points = pd.DataFrame(
-    [
-        {"run": name, "step": row["step"], "reward": row["eval/reward"], "KL": row["eval/kl"]}
-        for name, rows in frontier.items()
-        for row in rows
-        if "eval/kl" in row
-    ]
-)
-
-
-def best_at_bounded_kl(method: str) -> float:
-    bounded = points[points.run.str.startswith(method) & (points.KL <= KL_BOUND)]
-    return float(bounded.reward.max()) if len(bounded) else float("nan")
-
-
-print(points.round(3).to_string(index=False))
-record("frontier_points", points.to_dict(orient="records"))
-record("dpo_best_reward_at_kl", best_at_bounded_kl("DPO"))
-record("ppo_best_reward_at_kl", best_at_bounded_kl("PPO"))
+plots.plot_study(own, shipped)
 
 # %% [markdown]
-# ## 5. Samples: the same prompts, three policies
-#
-# The last evaluation's completions of each run's policy, beside $\pi_\text{ref}$'s, with their
-# ground-truth rewards.
+# The table reads every method's frontier at the budgets, with its 95 % interval, and its difference from DPO: a
+# difference is **better** or **worse** only when its interval excludes 0, else **within noise**. "not reached":
+# no checkpoint of the method got that far from $\pi_\text{ref}$; "interval undetermined": the point estimate got
+# there but fewer than 95 % of the bootstrap replicates did.
 
 # %%
-table = pd.DataFrame({"prompt": [s["prompt"] for s in sft_samples[:8]]})
-table["SFT"] = [f"{s['completion']}  ({s['reward']:.2f})" for s in sft_samples[:8]]
-for name in (f"DPO β={betas[0]:g}", f"PPO KL→{targets[0]:g}"):
-    table[name] = [f"{s['completion']}  ({s['reward']:.2f})" for s in runs[name].samples[:8]]
-table
+def table_frame(table: dict) -> pd.DataFrame:
+    rows = [{"method": r["method"], "KL": r["budget"], "reward": study.reading(r).split(" ", 1)[1],
+             f"− {table['baseline']}": "" if r["difference"] is None else f"{r['difference']:+.3f}",
+             "verdict": r["verdict"]} for r in table["rows"]]
+    return pd.DataFrame(rows).pivot(index="method", columns="KL")
+
+
+record("frontier_table", own["table"]["rows"])
+table_frame(own["table"])
 
 # %% [markdown]
-# ## 6. What each pipeline costs
+# ### The shipped `cpu` study
 #
-# Both pipelines share SFT and the preference pairs. RLHF adds a reward model and PPO, whose every step
-# *samples* completions token by token, then scores them with the reward model and $\pi_\text{ref}$ and
-# runs several epochs of updates. DPO adds one pass of $\pi_\text{ref}$ over the pairs and plain supervised
-# steps. Token passes (forward, and backward through the trained model) count the compute on any
-# machine; wall-clock and peak memory are this machine's. The evaluations on held-out prompts are left out
-# of both (the reward model's row includes its small held-out pair check). Peak memory is, on a GPU, the
-# allocator's peak; on a CPU, the weights of the run's models plus what the run added to the process
-# (gradients, optimiser state, activations, samples), not what the notebook held before.
+# The shipped study answers the paper's question at the `cpu` scale, with the intervals in the table below
+# (`data/README.md` says how it was made). Where its file is missing (a package installed without the
+# repository, as in Colab), clone the repository to see it.
 
 # %%
-costs = pd.DataFrame({name: run.cost for name, run in runs.items()} | {"reward model (RLHF only)": rm.cost}).T
-print(costs.to_string())
-dpo_mean = costs[costs.index.str.startswith("DPO")].mean()
-rlhf_mean = costs[costs.index.str.startswith("PPO")].mean() + costs.loc["reward model (RLHF only)"]
-ratio = rlhf_mean / dpo_mean
-print(f"\nRLHF / DPO per run: {ratio['seconds']:.1f}× the time, {ratio['forward_tokens']:.1f}× the forward tokens, "
-      f"{ratio['backward_tokens']:.1f}× the backward tokens")
-record("cost_ratio_seconds", ratio["seconds"])
-record("cost_ratio_forward_tokens", ratio["forward_tokens"])
+if shipped is not None:
+    display(table_frame(shipped["table"]))
+    record("shipped_seconds", shipped["seconds"])
 
 # %% [markdown]
-# ## 7. Explore the runs
+# ## 5. Over-optimisation: what PPO climbs is not what we want
 #
-# Pick a run: its points on the frontier are highlighted and its latest samples listed.
+# PPO maximises the reward model's score $r_\phi$, a learned stand-in for the judge. Along each PPO run, the left
+# panel shows the ground-truth reward of its samples, the right panel $r_\phi$'s score of the same samples. As the
+# KL grows, $r_\phi$ keeps rising after the true reward stalls or falls: the policy finds what the reward model
+# *likes* rather than what the judge does (Gao et al., 2023). PPO-GT, trained on the judge itself, cannot do this.
 
 # %%
-explore_runs(runs, sft_eval["eval/reward"]) if INTERACTIVE else plots.plot_frontier(
-    frontier, sft_eval["eval/reward"], highlight=next(iter(runs))
-)
+ppo_study = [r for r in result.runs if r["method"] == "PPO"]
+if ppo_study:
+    display(plots.plot_overoptimisation(ppo_study))
+
+# %% [markdown]
+# ## 6. Best-of-N: the KL it is usually quoted at is a bound
+#
+# Best-of-N trains nothing: for each prompt it draws $N$ samples of $\pi_\text{ref}$ and keeps the one $r_\phi$
+# scores highest. Its KL from $\pi_\text{ref}$ is often quoted as $\log N - (N-1)/N$, but that is only an **upper
+# bound** (Beirami et al., 2024). We measure it: for continuous scores
+# $\pi_\text{BoN}(y) = N\,F(r(y))^{N-1}\,\pi_\text{ref}(y)$, with $F$ the distribution of $r_\phi$'s scores under
+# $\pi_\text{ref}$, estimated from the samples outside each pick's group.
+
+# %%
+bon = [row for r in result.runs if r["method"] == "Best-of-N" for row in r["metrics"]]
+if bon:
+    table = pd.DataFrame([{"N": row["step"], "measured KL": row["eval/kl"], "log N − (N−1)/N": row["eval/kl_bound"],
+                           "reward": row["eval/reward"]} for row in bon]).groupby("N").mean()
+    record("best_of_n", table.reset_index().to_dict(orient="records"))
+    display(table.round(3))
+
+# %% [markdown]
+# ## 7. Samples: the same prompts, different policies
+#
+# The last evaluation's completions (report prompts, each prompt's first sample) of one setting of each method,
+# beside $\pi_\text{ref}$'s, with their ground-truth rewards.
+
+# %%
+samples = pd.DataFrame({"prompt": [s["prompt"] for s in shared.reference.samples[:8]]})
+samples["π_ref"] = [f"{s['completion']}  ({s['reward']:.2f})" for s in shared.reference.samples[:8]]
+for method in preset.frontier.methods:
+    run = next((r for r in result.runs if r["method"] == method and r["samples"]), None)
+    if run is not None:
+        samples[f"{method} {run['setting']}"] = [f"{s['completion']}  ({s['reward']:.2f})" for s in run["samples"][:8]]
+samples
+
+# %% [markdown]
+# ## 8. What each method costs
+#
+# All share SFT and the preference pairs. RLHF adds a reward model and PPO, whose every step *samples* completions
+# token by token, then scores them with the reward model and $\pi_\text{ref}$ and runs several epochs of updates.
+# DPO adds one pass of $\pi_\text{ref}$ over the pairs and plain supervised steps; Best-of-N samples $N$ times per
+# prompt at every use. Token passes (forward, and backward through the trained model) count the compute on any
+# machine; wall-clock and peak memory are this machine's (on a CPU, the weights of the run's models plus what the
+# run added to the process). The evaluations are left out (the reward model's row includes its small held-out
+# pair check). Means over a method's runs:
+
+# %%
+costs = pd.DataFrame([{"method": r["method"], **r["cost"]} for r in result.runs]).groupby("method").mean()
+costs.loc["reward model (RLHF only)"] = pd.Series(shared.reward_model.cost)
+print(costs.round(1).to_string())
+if {"DPO", "PPO"} <= set(costs.index):
+    ratio = (costs.loc["PPO"] + costs.loc["reward model (RLHF only)"]) / costs.loc["DPO"]
+    print(f"\nRLHF / DPO per run: {ratio['seconds']:.1f}× the time, {ratio['forward_tokens']:.1f}× the forward tokens, "
+          f"{ratio['backward_tokens']:.1f}× the backward tokens")
+    record("cost_ratio_seconds", ratio["seconds"])
+    record("cost_ratio_forward_tokens", ratio["forward_tokens"])
+
+# %% [markdown]
+# ## 9. Explore the frontier
+#
+# Show one method or all, and move the KL budget: the readout gives each method's reward there, with its 95 %
+# interval; the shipped `cpu` study is drawn beside yours.
+
+# %%
+explore_study(own, shipped) if INTERACTIVE else plots.plot_study(own, shipped, budget=own["table"]["budgets"][-1])
 
 # %% [markdown]
 # ## Summary
 #
-# - PPO climbs the *reward model*, paying for every step with sampling, scoring and a value function;
-#   DPO fits the *preferences* with a classification loss on log-probabilities.
-# - Both trade reward against KL; the frontier shows which trades better on held-out prompts, and at
-#   which KL: at small scale the answer can change along the axis.
-# - DPO's chosen and rejected log-probabilities can both fall (likelihood displacement): the margin is
-#   all it optimises.
+# - PPO climbs the *reward model*, paying for every step with sampling, scoring and a value function, and can
+#   over-optimise it; DPO fits the *preferences* with a classification loss on log-probabilities.
+# - A comparison is a claim only with its interval: several seeds, two prompt sets, matched KL.
+# - DPO's chosen and rejected log-probabilities can both fall (likelihood displacement): the margin is all it
+#   optimises.
 #
-# **Try it:** (1) rerun with `PPO_TARGETS = [20.0]`: what happens to the samples when the KL grows?
-# (2) Train PPO on the ground-truth reward (`pipeline.ppo_run(..., ground_truth=True)` without a reward model, the paper's
-# PPO-GT): how much of PPO's result is the reward model's? (3) Try `DPO_BETAS = [0.01]`.
+# **Try it:** (1) `METHODS = []` trains every method of the preset (at `ci`, a couple of minutes); (2) `SEEDS = 3`:
+# how much narrower do the intervals get? (3) `PRESET_OVERRIDES = {"frontier.ppo_targets": [20.0]}`: what
+# happens to the samples when the KL grows? (4) run the whole study from a terminal, `dpo-edu frontier --preset cpu
+# --workers 2` (about two hours), and compare your table with the shipped one.

@@ -25,8 +25,9 @@ PIN = ROOT / "tests" / "trajectories" / "ci.json"
 TOLERANCE = 1e-6  # relative and absolute, for floats; everything else must be equal
 MACHINE_DEPENDENT = {"cost_ratio_seconds"}  # wall-clock: never the same twice
 THREADS = 2  # torch's CPU sums depend on the thread count: the course's kernels run with this many to compare
-# stage name -> its folder in a ci run folder (the runs chosen: the first β and the first target of ci's sweep)
-RUNS = {"sft": "sft", "reward_model": "reward_model", "dpo": "dpo/beta_0.1", "ppo": "ppo/target_2"}
+# stage name -> its folder in a ci run folder (the first β and the target of ci's sweep, seed 0)
+RUNS = {"sft": "sft", "reward_model": "reward_model", "dpo": "runs/dpo/beta_0.1/seed_0",
+        "ppo": "runs/ppo/target_4/seed_0"}
 
 
 def _jsonl(path: Path) -> list[dict]:

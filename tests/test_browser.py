@@ -278,18 +278,16 @@ def test_02_beta_slider_redraws_the_optimal_policy(serve):
 
 
 @pytest.mark.usefixtures("browser")  # first: skip before the minutes of ci_course_run when there is no browser
-def test_05_runs_explorer_shows_the_picked_run(serve, ci_course_run):
+def test_05_frontier_explorer_reads_the_table_at_the_chosen_budget(serve, ci_course_run):
     explorer = serve("05_rlhf_vs_dpo", RUN_DIR=str(ci_course_run))
     before = explorer.state()
-    dropdown = explorer.page.locator(f"{EXPLORER} .widget-dropdown select")
-    labels = dropdown.locator("option").all_inner_texts()
-    runs = [label.replace("\xa0", " ") for label in labels]  # ipywidgets 8 shows spaces as no-break spaces
     records = json.loads((ci_course_run / "summary.json").read_text())["notebooks"]["05_rlhf_vs_dpo"]["records"]
-    trained = {point["run"] for point in records["frontier_points"]}
-    explorer.expect(set(runs) == trained and len(runs) > 1, f"dropdown lists {runs}; papermill's run trained {trained}")
-    explorer.expect(before["readout"].startswith(f"{runs[0]}: reward"), f"{runs[0]} shown: {before['readout']!r}")
-    dropdown.select_option(index=len(runs) - 1)
-    explorer.wait_for_redraw(before, f"{runs[-1]}: reward", f"picking {runs[-1]!r} in the runs dropdown")
+    budgets = sorted({row["budget"] for row in records["frontier_table"]})
+    explorer.expect(before["readout"].startswith(f"KL {budgets[0]:g}: DPO"), f"first budget: {before['readout']!r}")
+    explorer.page.focus(f"{EXPLORER} .widget-slider .noUi-handle")
+    explorer.page.keyboard.press("ArrowRight")
+    explorer.wait_for_redraw(before, f"KL {budgets[1]:g}: DPO", f"ArrowRight on the KL budget ({budgets[0]:g} → "
+                                                                  f"{budgets[1]:g})")
 
 
 def test_find_chromium_takes_the_environment_then_the_path(monkeypatch, tmp_path):

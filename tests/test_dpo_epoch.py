@@ -13,7 +13,7 @@ dpo_epoch = load_script("benchmarks/dpo_epoch.py")
 
 @pytest.mark.notebook
 def test_two_epochs_report_cost_and_rewards_and_keep_notebook_05s_run(ci_course_run, capsys):
-    notebook_run = ci_course_run / "dpo" / "beta_0.1"
+    notebook_run = ci_course_run / "runs" / "dpo" / "beta_0.1" / "seed_0"
     before = {name: (notebook_run / name).read_bytes() for name in ("cost.json", "metrics.jsonl", "settings.json")}
     dpo_epoch.main(["--preset", "ci", "--out", str(ci_course_run), "--epochs", "2"])
     out = capsys.readouterr().out

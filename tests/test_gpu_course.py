@@ -14,27 +14,31 @@ gpu_course = load_script("benchmarks/gpu_course.py")
 def test_table_has_both_notebooks_and_every_metered_stage(ci_course_run):
     ci = get_preset("ci", verbose=False)
     rows = gpu_course.stage_rows(ci_course_run)
-    expected = ["notebook 04 (all of it)", "notebook 05 (all of it)", "reward_model",
-                *(f"dpo/beta_{beta:g}" for beta in ci.frontier.dpo_betas),
-                *(f"ppo/target_{target:g}" for target in ci.frontier.ppo_targets)]
+    (precompute,) = [row["stage"] for row in rows if row["stage"].startswith("reference_logps/")]
+    expected = ["notebook 04 (all of it)", "notebook 05 (all of it)", "reference", "reward_model", precompute,
+                f"runs/best_of_n/n_{max(ci.frontier.best_of_n)}/seed_0",
+                *(f"runs/dpo/beta_{beta:g}/seed_0" for beta in ci.frontier.dpo_betas),
+                *(f"runs/ppo/target_{target:g}/seed_0" for target in ci.frontier.ppo_targets)]
     assert [row["stage"] for row in rows] == expected
     for row in rows[2:]:
         assert row == {"stage": row["stage"], **json.loads((ci_course_run / row["stage"] / "cost.json").read_text())}
     lines = gpu_course.timing_table(rows).splitlines()
     assert len(lines) == len(rows) + 1 and lines[0].split()[:2] == ["stage", "seconds"]
-    reward_model_line = lines[3].split()
+    reward_model_line = lines[4].split()
     assert reward_model_line[0] == "reward_model"
-    assert float(reward_model_line[1].replace(",", "")) == pytest.approx(rows[2]["seconds"], abs=0.05)  # 1 decimal
+    assert float(reward_model_line[1].replace(",", "")) == pytest.approx(rows[3]["seconds"], abs=0.05)  # 1 decimal
 
 
 def test_stages_follow_the_running_order_with_sweeps_in_numeric_order(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"notebooks": {"04_gpt2_preferences": {"seconds": 1.0}}}))
-    for stage in ("ppo/target_16", "ppo/target_2", "dpo/beta_0.5", "dpo/beta_0.05", "reward_model"):
+    for stage in ("runs/ppo/target_16/seed_0", "runs/ppo/target_2/seed_1", "runs/ppo/target_2/seed_0",
+                  "runs/dpo/beta_0.5/seed_0", "runs/dpo/beta_0.05/seed_0", "reward_model"):
         (tmp_path / stage).mkdir(parents=True)
         (tmp_path / stage / "cost.json").write_text(json.dumps({"seconds": 1.0}))
     stages = [row["stage"] for row in gpu_course.stage_rows(tmp_path)]
-    assert stages == ["notebook 04 (all of it)", "reward_model", "dpo/beta_0.05", "dpo/beta_0.5", "ppo/target_2",
-                      "ppo/target_16"]
+    assert stages == ["notebook 04 (all of it)", "reward_model", "runs/dpo/beta_0.05/seed_0",
+                      "runs/dpo/beta_0.5/seed_0", "runs/ppo/target_2/seed_0", "runs/ppo/target_2/seed_1",
+                      "runs/ppo/target_16/seed_0"]
 
 
 def test_gpt2_without_a_gpu_says_how_to_dry_run(monkeypatch):

@@ -90,21 +90,51 @@ def test_long_curves_are_smoothed_and_a_run_keeps_its_colour():
     assert len(unsmoothed.axes[0].lines) == 2
 
 
-def test_frontier_draws_every_evaluation_and_the_reference():
-    runs = {
-        "DPO β=0.1": [{"step": 5, "eval/kl": 1.0, "eval/reward": 0.6}, {"step": 6, "loss": 0.3}],
-        "PPO KL→2": [{"step": 2, "eval/kl": 2.0, "eval/reward": 0.7}, {"step": 4, "eval/kl": 3.0, "eval/reward": 0.8}],
-    }
-    fig = plots.plot_frontier(runs, reference_reward=0.5, highlight="PPO KL→2")
-    ax = fig.axes[0]
-    dpo, ppo = ax.collections
-    np.testing.assert_allclose(dpo.get_offsets(), [[1.0, 0.6]])
-    np.testing.assert_allclose(ppo.get_offsets(), [[2.0, 0.7], [3.0, 0.8]])
-    assert ppo.get_sizes()[0] > dpo.get_sizes()[0]  # the highlighted run stands out
-    assert ax.lines[0].get_ydata()[0] == 0.5  # π_ref's reward
-
-
 def test_prompt_samples_bars_are_the_rewards():
     fig = plots.plot_prompt_samples("The film", [0.1, 0.9, 0.5, 0.3], model_scores=[1.0, 2.0, 0.0, -1.0])
     np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches], [0.1, 0.9, 0.5, 0.3])
     np.testing.assert_allclose([p.get_height() for p in fig.axes[1].patches], [1.0, 2.0, 0.0, -1.0])
+
+
+def _study(points, selected, rows, reference=0.5):
+    """A study_json-shaped dict: report points, the chosen frontier points and the table's rows."""
+    return {"preset": "ci", "reference": {"reward": reference}, "points": points,
+            "table": {"selected": selected, "rows": rows, "budgets": sorted({r["budget"] for r in rows})}}
+
+
+STUDY = _study(
+    points=[{"method": "DPO", "setting": "β=0.1", "seed": s, "step": 5, "kl": 1.0 + s, "reward": 0.6 + s / 10}
+            for s in (0, 1)] + [{"method": "PPO", "setting": "t", "seed": 0, "step": 2, "kl": 3.0, "reward": 0.8}],
+    selected={"DPO": [{"setting": "β=0.1", "step": 5, "report_kl": 1.5, "report_reward": 0.65}],
+              "PPO": [{"setting": "t", "step": 2, "report_kl": 3.0, "report_reward": 0.8}]},
+    rows=[{"method": "DPO", "budget": 1.0, "value": 0.6, "low": 0.55, "high": 0.66, "status": "ok"},
+          {"method": "PPO", "budget": 1.0, "value": 0.59, "low": 0.5, "high": 0.7, "status": "ok"},
+          {"method": "DPO", "budget": 2.0, "value": None, "low": None, "high": None, "status": "not reached"},
+          {"method": "PPO", "budget": 2.0, "value": 0.66, "low": None, "high": None,
+           "status": "interval undetermined"}])
+
+
+def test_study_plot_draws_each_frontier_from_pi_ref_its_cloud_and_its_intervals():
+    fig = plots.plot_study(STUDY, shipped=STUDY, budget=2.0)
+    ax = fig.axes[0]
+    solid = {line.get_label(): line for line in ax.lines if line.get_linestyle() == "-"}
+    np.testing.assert_allclose(solid["DPO"].get_xydata(), [[0.0, 0.5], [1.5, 0.65]])  # from π_ref at KL 0
+    np.testing.assert_allclose(solid["PPO"].get_xydata(), [[0.0, 0.5], [3.0, 0.8]])
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--" and line.get_xdata()[0] == 0.0]
+    assert len(dashed) == 2 and [line.get_label() for line in dashed][0] == "dashed: the ci study"
+    clouds = [c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 1]
+    assert any(np.allclose(points, [[1.5, 0.65]]) for points in clouds)  # DPO's two seeds averaged into one
+    assert any(line.get_xdata()[0] == 2.0 and line.get_linestyle() == "--" and len(line.get_xdata()) == 2
+               for line in ax.lines)  # the budget's marker
+    one = plots.plot_study(STUDY, methods=["PPO"])
+    assert {line.get_label() for line in one.axes[0].lines if line.get_linestyle() == "-"} == {"PPO"}
+
+
+def test_overoptimisation_plots_truth_and_reward_model_score_along_the_kl():
+    runs = [{"setting": "t3", "metrics": [{"step": s, "eval/kl": k + seed, "eval/reward": r, "eval/rm_score": m}
+                                          for s, k, r, m in ((1, 1.0, 0.6, 0.1), (2, 3.0, 0.55, 0.9))]}
+            for seed in (0, 1)]
+    fig = plots.plot_overoptimisation(runs)
+    truth, score = (ax.lines[0].get_xydata() for ax in fig.axes)
+    np.testing.assert_allclose(truth, [[1.5, 0.6], [3.5, 0.55]])  # the two seeds averaged at each step
+    np.testing.assert_allclose(score, [[1.5, 0.1], [3.5, 0.9]])

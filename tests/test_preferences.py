@@ -196,7 +196,7 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny_lm, tmp_path, mon
     assert {f.name for f in labelled.iterdir()} == {"pairs.jsonl", "scored.jsonl", "summary.json", "settings.json"}
     sampling = json.loads((samples / "settings.json").read_text())
     ref_settings = tiny_reference(tiny_lm, tmp_path).stage.settings
-    assert sampling == {"sft": ref_settings, "prompts": sampling["prompts"], "seed": 0, "completions": 4,
+    assert sampling == {"format": 2, "sft": ref_settings, "prompts": sampling["prompts"], "seed": 0, "completions": 4,
                         "batch_size": 8, "generation": {"max_new_tokens": 6, "temperature": 1.0}}
     assert json.loads((labelled / "settings.json").read_text()) == {
         "samples": sampling, "reward": preferences.reward_fingerprint(hash_reward), "eval_prompts": 2}

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dpo_edu import models, presets
+from dpo_edu.baselines import PreferredFTConfig, UnlikelihoodConfig
 from dpo_edu.data import DataConfig
 from dpo_edu.dpo import DPOConfig
 from dpo_edu.models import ModelConfig
@@ -29,7 +30,8 @@ from dpo_edu.training import TrainConfig
 TOY_FIELDS = ("steps", "pairs", "bt_max_comparisons", "bt_repeats")
 SECTIONS = {"toy": presets.ToySizes, "model": ModelConfig, "data": DataConfig, "generation": Generation,
             "ground_truth": GroundTruthConfig, "pairs": PairsConfig, "sft": SFTConfig, "reward_model": RewardConfig,
-            "dpo": DPOConfig, "ppo": PPOConfig, "frontier": presets.Frontier}
+            "dpo": DPOConfig, "ppo": PPOConfig, "preferred_ft": PreferredFTConfig, "unlikelihood": UnlikelihoodConfig,
+            "frontier": presets.Frontier}
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +79,7 @@ def test_every_preset_nests_one_frozen_config_per_stage(name):
         assert type(config) is cls, (name, section)
         assert cls.__dataclass_params__.frozen, section
         assert dataclasses.replace(config) == config  # its own checks accept the preset's values
-    for section in ("sft", "reward_model", "dpo", "ppo"):
+    for section in ("sft", "reward_model", "dpo", "ppo", "preferred_ft", "unlikelihood"):
         assert isinstance(getattr(preset, section), TrainConfig), section
     assert preset.pairs.completions == 4 and 0 < preset.pairs.eval_prompts < preset.pairs.prompts
     assert preset.ppo.steps is not None and preset.ppo.mini_batch_size <= preset.ppo.batch_size
@@ -139,13 +141,15 @@ def test_field_names_are_every_settable_dotted_field():
     assert {"toy.steps", "model.n_layer", "dpo.beta", "dpo.loss_type", "ppo.kl_horizon", "frontier.dpo_betas",
             "ground_truth.reviews", "pairs.prompts", "generation.max_new_tokens"} <= set(names)
     assert len(names) == len(set(names)) and all(name.count(".") == 1 for name in names)
-    assert not {"seed", "dpo.seed", "ppo.seed", "dpo.eval_every", "ppo.eval_every"} & set(names)
+    assert not {"seed", "dpo.seed", "ppo.seed", "dpo.eval_every", "ppo.eval_every", "unlikelihood.eval_every"} & set(
+        names)
     for name in names:  # each one reaches a field of its section
         section, field = name.split(".")
         assert field in {f.name for f in dataclasses.fields(SECTIONS[section])}, name
     expected = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-    assert set(names) == expected - {"sft.seed", "reward_model.seed", "dpo.seed", "ppo.seed", "dpo.eval_every",
-                                      "ppo.eval_every"}
+    trainers = ("dpo", "ppo", "preferred_ft", "unlikelihood")
+    assert set(names) == expected - {"sft.seed", "reward_model.seed", *(f"{t}.seed" for t in trainers),
+                                      *(f"{t}.eval_every" for t in trainers)}
 
 
 def test_a_list_for_a_tuple_field_becomes_a_tuple():
@@ -199,8 +203,8 @@ def test_a_wrong_type_or_value_names_the_field(name, value, message):
 
 
 @pytest.mark.parametrize("name, set_by", [("seed", "the notebook's SEED"), ("dpo.seed", "the notebook's SEED"),
-                                          ("dpo.eval_every", "notebook 05's N_EVALS"),
-                                          ("ppo.eval_every", "notebook 05's N_EVALS")])
+                                          ("dpo.eval_every", "frontier.evals"),
+                                          ("ppo.eval_every", "frontier.evals")])
 def test_fields_the_notebooks_set_say_which_parameter_sets_them(name, set_by):
     with pytest.raises(ValueError, match=rf"preset field '{name}' cannot be set: it is set by {set_by}"):
         presets.get_preset("ci", {name: 1}, verbose=False)

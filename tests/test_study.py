@@ -3,6 +3,7 @@ tiny run folder, its shipped JSON and table, a resumed study that trains nothing
 study refused."""
 
 import json
+import shutil
 
 import pytest
 from conftest import TINY_RUN
@@ -92,7 +93,9 @@ def test_the_shipped_json_holds_every_report_point_with_its_interval(tiny_study)
     reference = result.reference["report"]["reward"]
     assert shipped["reference"]["reward"] == pytest.approx(sum(reference) / len(reference))
     lines = study.table_lines(shipped["table"])
-    assert lines[0].split()[:1] == ["method"] and len(lines) == 4
+    assert lines[0].startswith("reward at matched KL") and len(lines) == 1 + len(shipped["table"]["rows"])
+    for line, row in zip(lines[1:], shipped["table"]["rows"]):
+        assert line.startswith(f"  KL {row['budget']:<4g} {study.reading(row)}")
     plots.plot_study(shipped, shipped=shipped, budget=1.0)  # draws, with a shipped study beside it
 
 
@@ -118,6 +121,24 @@ def test_the_command_writes_the_json_and_figure_and_prints_the_table(tmp_path, c
     assert {p["method"] for p in shipped["points"]} == {"DPO", "Best-of-N"} and shipped["frontier"]["seeds"] == 1
     assert shipped["command"].startswith("dpo-edu") and shipped["seconds"] > 0
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
-    assert "method" in out and "runs in" in out
+    assert "reward at matched KL" in out and "runs in" in out
     with pytest.raises(SystemExit, match="methods must be some of"):
         cli.main(["frontier", "--preset", "ci", "--out", str(tmp_path), "--methods", "DPO,KTO"])
+
+
+@pytest.mark.notebook
+def test_dpo_edu_frontier_at_ci_runs_every_method_end_to_end(ci_course_run, tmp_path, capsys):
+    """The whole ci study, every method with 2 seeds, in two worker processes, on a copy of the course's ci run
+    folder (notebook 05 trained some of these runs already; the rest are trained now)."""
+    out = tmp_path / "ci"
+    shutil.copytree(ci_course_run, out)
+    cli.main(["frontier", "--preset", "ci", "--out", str(out), "--workers", "2"])
+    shipped = json.loads((out / "frontier.json").read_text())
+    ci = PRESETS["ci"].frontier
+    runs = {(p["method"], p["setting"], p["seed"]) for p in shipped["points"]}
+    assert {method for method, _, _ in runs} == set(METHODS) and {seed for _, _, seed in runs} == {0, 1}
+    assert len(runs) == ci.seeds * len(study.settings(PRESETS["ci"]))
+    assert {(r["method"], r["budget"]) for r in shipped["table"]["rows"]} == {(m, b) for m in METHODS
+                                                                             for b in ci.budgets}
+    assert "nan" not in json.dumps(shipped).lower() and shipped["seconds"] < 600
+    assert (out / "frontier.png").is_file() and "reward at matched KL" in capsys.readouterr().out

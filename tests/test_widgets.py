@@ -1,8 +1,6 @@
 """Explorers: moving a slider changes the readout and redraws the figure."""
 
 from dpo_edu import toy, widgets
-from dpo_edu.pipeline import Trained
-from dpo_edu.stages import Stage
 
 
 def controls_readout(box):
@@ -73,20 +71,17 @@ def test_samples_explorer_lists_completions_and_pairs():
     assert "I &lt;3" in readout.value and "0 ≻ 3" in readout.value  # the prompt is HTML-escaped
 
 
-def test_runs_explorer_follows_the_chosen_run(tmp_path):
-    def run(reward, kl):
-        sample = {"prompt": "A <b>", "completion": " good", "reward": reward, "kl": kl}
-        metrics = [{"step": 1, "loss": 0.7}, {"step": 2, "eval/reward": reward - 0.1, "eval/kl": kl / 2},
-                   {"step": 3, "eval/reward": reward, "eval/kl": kl}]  # the last evaluation is read
-        return Trained(None, metrics, [sample], {"seconds": 1.0}, Stage(tmp_path / "run", {}))
+def test_study_explorer_reads_the_table_at_the_chosen_budget():
+    from test_plots import STUDY
 
-    box = widgets.explore_runs({"DPO β=0.1": run(0.7, 1.5), "PPO KL→2": run(0.6, 2.0)}, reference_reward=0.5)
-    (choice,), readout = controls_readout(box)
-    assert readout.value.startswith("DPO β=0.1: reward 0.700, KL 1.50")
-    assert "<td>A &lt;b&gt;</td><td> good</td><td>0.700</td><td>1.50</td>" in readout.value
-    choice.value = "PPO KL→2"
-    assert readout.value.startswith("PPO KL→2: reward 0.600, KL 2.00")
-    assert "<td>0.600</td><td>2.00</td>" in readout.value
+    box = widgets.explore_study(STUDY, STUDY)
+    (show, budget), readout = controls_readout(box)
+    assert readout.value == "KL 1: DPO 0.600 [0.550, 0.660]; PPO 0.590 [0.500, 0.700]"
+    budget.value = 2.0
+    assert readout.value == "KL 2: DPO not reached; PPO 0.660 (interval undetermined)"
+    show.value = "PPO"
+    assert readout.value == "KL 2: PPO 0.660 (interval undetermined)"
+    assert list(show.options) == ["all methods", "DPO", "PPO"]
 
 
 def test_live_curves_keep_every_run():
