@@ -2,11 +2,12 @@
 
 A method's frontier is the upper envelope of its (setting, step) points, chosen once on the
 *select* prompts, then read on the disjoint *report* prompts at KL budgets (2, 5, 10 nats):
-linear between (0, π_ref's reward) and the chosen points, sorted by KL. A 95 % percentile
-bootstrap redraws the report prompts (one draw shared by every method and π_ref: paired
-differences) and each setting's seeds. A difference is a win only when its interval excludes 0.
-Pure numpy; a run is ``{"method", "setting", "seed", "evals": [{"step", "split", "reward",
-"kl", "length"}]}``, each list one value a prompt (its samples' mean), same prompts in every run.
+linear between (0, π_ref's reward) and the chosen points, sorted by KL, then flat as far as its
+farthest checkpoint went. A 95 % percentile bootstrap redraws the report prompts (one draw shared
+by every method and π_ref: paired differences) and each setting's seeds. A difference is a win
+only when its interval excludes 0. Pure numpy; a run is ``{"method", "setting", "seed", "evals":
+[{"step", "split", "reward", "kl", "length"}]}``, each list one value a prompt (its samples'
+mean), the same prompts in every run.
 """
 
 from __future__ import annotations
@@ -74,16 +75,18 @@ def frontier_table(runs: Sequence[dict], reference: dict, budgets=(2.0, 5.0, 10.
     ref_reward = np.asarray(reference["report"]["reward"], dtype=float)
     n_prompts = ref_reward.size
     selected = {method: _select(grid[method]) for method in methods}
+    farthest = {method: _farthest(grid[method]) for method in methods}
 
     # The point estimate: every prompt and every seed once (weights 1/P and 1/S).
     uniform = np.full((1, n_prompts), 1 / n_prompts)
-    estimate = {m: _reads(grid[m], selected[m], uniform, uniform @ ref_reward, budgets, None)
-                for m in methods}
+    estimate = {m: _reads(grid[m], selected[m], farthest[m], uniform, uniform @ ref_reward,
+                          budgets, None) for m in methods}
     # B replicates: the prompts drawn once for all (paired), each setting's seeds drawn apart.
     rng = np.random.default_rng(seed)
     prompt_w = _draw_weights(rng, n_boot, n_prompts)  # (B, P), rows sum to 1
     origin = prompt_w @ ref_reward  # (B,): π_ref's reward on each replicate's prompts
-    boot = {m: _reads(grid[m], selected[m], prompt_w, origin, budgets, rng) for m in methods}
+    boot = {m: _reads(grid[m], selected[m], farthest[m], prompt_w, origin, budgets, rng)
+            for m in methods}
 
     rows = []
     for method in methods:
@@ -127,24 +130,30 @@ def _read(kl: np.ndarray, reward: np.ndarray, origin: np.ndarray,
     return out
 
 
-def _reads(settings: dict, selected: list, prompt_w: np.ndarray, origin: np.ndarray,
-           budgets: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+def _reads(settings: dict, selected: list, farthest: tuple, prompt_w: np.ndarray,
+           origin: np.ndarray, budgets: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
     """A method's frontier read at every budget, one row per replicate (B, len(budgets)).
 
-    A point = Σ_s c_s Σ_i w_i v_si: prompt-weighted means, averaged over the drawn seeds."""
+    A point = Σ_s c_s Σ_i w_i v_si: prompt-weighted means, averaged over the drawn seeds. Past its
+    last point the frontier stays flat up to the KL of the method's ``farthest`` checkpoint: a
+    policy that far away exists, and none of them beat the last point's reward."""
     seed_w = {}
     for setting, data in settings.items():  # one seed draw per setting, shared by its steps
         n_seeds = len(data["seeds"])
         seed_w[setting] = (np.full((1, n_seeds), 1 / n_seeds) if rng is None
                            else _draw_weights(rng, len(prompt_w), n_seeds))
-    kl = np.empty((len(prompt_w), len(selected)))
+    kl = np.empty((len(prompt_w), len(selected) + 1))
     reward = np.empty_like(kl)
-    for p, (setting, step) in enumerate(selected):
+    for p, (setting, step) in enumerate([*selected, farthest]):
         data = settings[setting]
         t = data["steps"].index(step)
         for name, out in (("kl", kl), ("reward", reward)):
             per_seed = prompt_w @ data["report"][name][:, t].T  # (B, S): each seed's mean
             out[:, p] = (per_seed * seed_w[setting]).sum(axis=1)
+    last = kl[:, :-1].argmax(axis=1)  # the flat stretch: the last chosen point's reward, up to
+    rows = np.arange(len(kl))  # the farthest checkpoint's KL (no further than where it lies)
+    kl[:, -1] = np.maximum(kl[:, -1], kl[rows, last])
+    reward[:, -1] = reward[rows, last]
     return _read(kl, reward, origin, budgets)
 
 
@@ -183,6 +192,14 @@ def _point_summary(settings: dict, setting: str, step: int) -> dict:
 
 
 # --- selection and the data's shape --------------------------------------------------------
+
+def _farthest(settings: dict) -> tuple[str, int]:
+    """The (setting, step) whose seed-mean KL on the select split is the largest."""
+    keys = [(setting, step) for setting, data in settings.items() for step in data["steps"]]
+    kl = [data["select"]["kl"][:, t].mean() for data in settings.values()
+          for t in range(len(data["steps"]))]
+    return keys[int(np.argmax(kl))]
+
 
 def _select(settings: dict) -> list[tuple[str, int]]:
     """The upper envelope of the (setting, step) seed means on the select split."""

@@ -76,7 +76,7 @@ def prepare(preset: Preset, run_dir, seed: int = 0, callback=None) -> Shared:
     rm = pipeline.reward_model(preset, run_dir, ref=ref, pairs=pairs, seed=seed, callback=callback)
     prompts = runs.eval_splits(preset, ref.tokenizer, seed=seed)
     reference = runs.reference_eval(preset, run_dir, ref=ref, reward=reward, prompts=prompts,
-                                        seed=seed)
+                                    seed=seed)
     held_out = {pair["prompt"] for pair in pairs.eval}  # PPO samples every other training prefix
     train_prompts = sorted({row["prompt"] for row in pairs.scored} - held_out)
     return Shared(ref, reward, pairs, rm, prompts, train_prompts, reference)
@@ -106,16 +106,16 @@ def run_one(preset: Preset, run_dir, shared: Shared, setting: Setting, seed: int
     label = f"{setting.method} {setting.name} seed {seed}".replace("  ", " ")
     if setting.method == "Best-of-N":
         return runs.best_of_n_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
-                                      shared.reward_model, setting.value, seed, folder, label)
+                                  shared.reward_model, setting.value, seed, folder, label)
     if setting.method in ("PPO", "PPO-GT"):
         config = train_config(preset, setting, seed, len(shared.train_prompts))
         rm = shared.reward_model if setting.method == "PPO" else None
         return runs.ppo_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
-                                shared.train_prompts, config, folder, label, reward_model=rm,
-                                callback=callback)
+                            shared.train_prompts, config, folder, label, reward_model=rm,
+                            callback=callback)
     config = train_config(preset, setting, seed, len(shared.pairs.train))
     return runs.offline_run(preset, run_dir, shared.ref, shared.pairs, shared.reward,
-                                shared.prompts, config, folder, label, callback=callback)
+                            shared.prompts, config, folder, label, callback=callback)
 
 
 def evals(run: pipeline.Trained) -> list[dict]:
@@ -145,22 +145,22 @@ def run_study(preset: Preset, run_dir, seed: int = 0, methods=None, workers: int
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                  initargs=(preset, str(run_dir), seed)) as pool:
-            done = [pool.submit(_work, setting, run_seed) for setting, run_seed in jobs]
-            for future in tqdm(as_completed(done), total=len(done), desc="frontier runs",
+            futures = [pool.submit(_work, setting, run_seed) for setting, run_seed in jobs]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="frontier runs",
                                disable=not progress):
                 future.result()  # a worker's error stops the study, naming its run
-    runs = []
+    trained = []
     for setting, run_seed in tqdm(jobs, desc="frontier runs", disable=not progress or workers > 1):
         run = run_one(preset, run_dir, shared, setting, run_seed,  # reads back what workers made
                       callback=callback(f"{setting.method} {setting.name}") if callback else None)
-        runs.append({"method": setting.method, "setting": setting.name, "seed": run_seed,
-                     "evals": evals(run), "metrics": run.metrics, "samples": run.samples,
-                     "cost": run.cost})
+        trained.append({"method": setting.method, "setting": setting.name, "seed": run_seed,
+                        "evals": evals(run), "metrics": run.metrics, "samples": run.samples,
+                        "cost": run.cost})
     reference = {row["split"]: row for row in evals(shared.reference)}
-    table = frontier.frontier_table(runs, reference, budgets=preset.frontier.budgets,
+    table = frontier.frontier_table(trained, reference, budgets=preset.frontier.budgets,
                                     methods=[m for m in preset.frontier.methods
-                                             if any(r["method"] == m for r in runs)])
-    return Study(runs, reference, table)
+                                             if any(r["method"] == m for r in trained)])
+    return Study(trained, reference, table)
 
 
 def _claim(preset: Preset, run_dir, seed: int) -> None:

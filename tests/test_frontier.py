@@ -199,6 +199,18 @@ def test_points_are_chosen_on_the_select_split_and_read_on_the_report_split():
     assert row(table, "DPO", 5.0)["status"] == "not reached"
 
 
+def test_past_its_last_point_the_frontier_is_flat_up_to_the_farthest_checkpoint():
+    # Step 2 went farther (KL 3) but scored lower than step 1: it is off the envelope, yet a policy
+    # at KL 3 exists, so the frontier holds step 1's reward up to KL 3 and stops there.
+    runs = [make_run("DPO", "A", seed, {1: both(0.6, 1.0), 2: both(0.5, 3.0)}) for seed in range(2)]
+    assert frontier.select_points(runs) == {"DPO": [("A", 1)]}
+    table = frontier.frontier_table(runs, make_reference(report=0.5), budgets=[0.5, 2.0, 3.0, 4.0])
+    assert row(table, "DPO", 0.5)["value"] == pytest.approx(0.55)  # halfway from (0, 0.5)
+    assert row(table, "DPO", 2.0)["value"] == pytest.approx(0.6)
+    assert row(table, "DPO", 3.0)["value"] == pytest.approx(0.6)
+    assert row(table, "DPO", 4.0)["status"] == "not reached"
+
+
 def test_budgets_not_reached_give_no_number_and_never_a_nan():
     rng = np.random.default_rng(5)
     runs = []
