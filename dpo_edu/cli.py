@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "frontier":
         overrides = preset_overrides(args.set)
         if args.seeds is not None:
-            overrides["frontier.seeds"] = args.seeds
+            overrides.update({"frontier.seeds": args.seeds, "frontier.seeds_by_method": ()})
         if args.methods:
             overrides["frontier.methods"] = [m.strip() for m in args.methods.split(",")]
         out = args.out or Path("runs") / args.preset

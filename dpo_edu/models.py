@@ -320,3 +320,13 @@ def response_logps(model, batch: dict[str, Tensor], temperature: float = 1.0, va
     values = None if value_head is None else spread(value_head(states))  # V(x, y_<t)
     return TokenLogps(spread(token), scored, entropies, values,
                       logits - normaliser[:, None] if dists else None)
+
+
+def chunked_logps(model, batch: dict[str, Tensor], temperature: float, chunk: int,
+                  value_head=None, entropy: bool = False) -> TokenLogps:
+    """``response_logps`` of a batch, ``chunk`` rows at a time (logits are (tokens, vocab))."""
+    parts = [response_logps(model, {k: v[s : s + chunk] for k, v in batch.items()}, temperature,
+                            value_head, entropy)
+             for s in range(0, len(batch["input_ids"]), chunk)]
+    joined = ([getattr(part, name) for part in parts] for name in TokenLogps._fields)
+    return TokenLogps(*(None if values[0] is None else torch.cat(values) for values in joined))

@@ -201,7 +201,8 @@ def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
 
 
 METHOD_COLOURS = {"DPO": "C0", "IPO": "C9", "cDPO": "C4", "PPO": "C1", "PPO-GT": "C3",
-                  "Preferred-FT": "C2", "Unlikelihood": "C5", "Best-of-N": "C7"}
+                  "Preferred-FT": "C2", "Unlikelihood": "C5", "Best-of-N": "C7",
+                  "RLOO": "C6", "GRPO": "C8", "Online DPO": "navy"}
 
 
 def plot_study(study: dict, shipped: dict | None = None, methods=None,

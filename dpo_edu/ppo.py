@@ -16,11 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from .losses import ppo_policy_loss, ppo_value_loss
-from .models import encode_pairs, response_logps
-from .reward_model import RewardModel, last_token_index
-from .reward_model import score as reward_model_score
-from .sampling import Generation, generate
-from .training import Batch, Optimizer, TrainConfig, check_finite_loss, disable_dropout, train_loop
+from .models import chunked_logps, response_logps
+from .reward_model import last_token_index, score_samples
+from .sampling import Generation, sample
+from .training import (Batch, Optimizer, TrainConfig, check_finite_scores, disable_dropout,
+                       minibatch_updates, train_loop)
 from .validate import check_int, check_positive
 
 
@@ -165,14 +165,6 @@ class Rollout:
         return {key: value[index] for key, value in self.batch.items()}
 
 
-def _scores(score_fn, tokenizer, prompts, texts, responses) -> Tensor:
-    """s(x, y): r_φ at the last token of y as sampled (EOS too where π_θ emitted it, as the pairs it
-    learned from), or, for PPO-GT, any callable texts → rewards read on prompt ⊕ completion."""
-    if isinstance(score_fn, RewardModel):
-        return reward_model_score(score_fn, tokenizer, prompts, responses)
-    return score_fn([p + t for p, t in zip(prompts, texts)])
-
-
 def normalize_scores(raw: Tensor, stats: tuple[float, float] | None) -> tuple[Tensor, tuple]:
     """s̃ = (s − μ₀) / σ₀ and (μ₀, σ₀), measured on this batch when ``stats`` is None (π_ref's)."""
     if stats is None:
@@ -192,30 +184,19 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
             score_stats: tuple[float, float] | None = None) -> Rollout:
     """Sample one completion per prompt, score it, and compute PPO's advantages (no gradients)."""
     temperature = generation.temperature  # the same T for sampling and for every log-prob below
-    texts, ids, sampled = generate(policy, tokenizer, prompts, generation.max_new_tokens,
-                                   temperature, seed=seed, batch_size=len(prompts),
-                                   return_ids=True, progress=False)
-    responses = [row[m.bool()].tolist() for row, m in zip(ids, sampled)]  # EOS included: an action
-    device = policy.get_input_embeddings().weight.device
-    batch = {k: v.to(device) for k, v in encode_pairs(tokenizer, prompts, responses).items()}
-    parts, ref_parts = [], []
-    for s in range(0, len(prompts), config.mini_batch_size):  # chunks: logits are (tokens, vocab)
-        rows = {k: v[s : s + config.mini_batch_size] for k, v in batch.items()}
-        parts.append(response_logps(policy, rows, temperature, value_head, entropy=True))
-        ref_parts.append(response_logps(ref_model, rows, temperature).logps)  # log π_ref, same T
-    mask = torch.cat([p.mask for p in parts])
-    logprobs, entropy, values = (torch.cat([getattr(p, k) for p in parts])
-                                 for k in ("logps", "entropy", "values"))
-    ref_logprobs = torch.cat(ref_parts)
-    ended = [r[-1] == tokenizer.eos_token_id for r in responses]
-    raw = _scores(score_fn, tokenizer, prompts, texts, responses)
-    raw = torch.as_tensor(raw, dtype=torch.float32).reshape(-1).to(device)
-    if len(raw) != len(prompts):
-        raise ValueError(f"score_fn returned {len(raw)} scores for {len(prompts)} texts")
+    samples = sample(policy, tokenizer, prompts, generation, seed)
+    # in chunks of mini_batch_size rows: logits are (tokens, vocab)
+    now = chunked_logps(policy, samples.batch, temperature, config.mini_batch_size, value_head,
+                        entropy=True)
+    mask, logprobs, entropy, values = now.mask, now.logps, now.entropy, now.values
+    ref_logprobs = chunked_logps(ref_model, samples.batch, temperature,
+                                 config.mini_batch_size).logps  # log π_ref, same T
+    device = logprobs.device
+    raw = score_samples(score_fn, tokenizer, samples)
     scores = raw
     if config.normalize_scores:
         scores, score_stats = normalize_scores(raw, score_stats)
-    has_eos = torch.tensor(ended, device=device)
+    has_eos = samples.ended
     if config.missing_eos_penalty is not None:  # Huang et al.: a cut-off response scores a penalty
         scores = torch.where(has_eos, scores, float(config.missing_eos_penalty))
     # r_t = −β (log π_θ − log π_ref)
@@ -225,7 +206,7 @@ def rollout(policy, value_head: ValueHead, ref_model, tokenizer, prompts: Sequen
     if config.whiten_rewards:
         rewards = whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
-    return Rollout(batch, temperature, mask, logprobs, ref_logprobs, values, entropy, raw,
+    return Rollout(samples.batch, temperature, mask, logprobs, ref_logprobs, values, entropy, raw,
                    scores, has_eos, whiten(advantages, mask), returns, score_stats)
 
 
@@ -239,29 +220,23 @@ def ppo_update(trainable: nn.ModuleDict, optimizer: Optimizer, roll: Rollout, co
     A non-finite loss names the step, the PPO epoch, the minibatch and its prompts (``batch.rows``).
     """
     policy, value_head = trainable["policy"], trainable["value_head"]
-    generator = torch.Generator().manual_seed(seed)  # seeded per step: a resumed run shuffles alike
-    n, stats = len(roll.scores), []
-    for epoch in range(config.ppo_epochs):
-        order = torch.randperm(n, generator=generator)
-        for index, start in enumerate(range(0, n, config.mini_batch_size)):
-            rows = order[start : start + config.mini_batch_size].to(roll.scores.device)
-            now = response_logps(policy, roll.rows(rows), roll.temperature, value_head,
-                                 entropy=True)
-            logprobs, entropy, values, mask = now.logps, now.entropy, now.values, roll.mask[rows]
-            pg_loss, pg_stats = ppo_policy_loss(logprobs, roll.logprobs[rows],
-                                                roll.advantages[rows], mask, config.cliprange)
-            vf_loss, vf_stats = ppo_value_loss(values, roll.values[rows], roll.returns[rows], mask,
-                                               config.cliprange_value)
-            loss = pg_loss + config.vf_coef * vf_loss  # L = L^CLIP + c_v L^V (no entropy bonus)
-            where = Batch(batch.step, epoch, index, [batch.rows[i] for i in rows.tolist()], [])
-            check_finite_loss(loss, where)
-            optimizer.zero_grad()
-            loss.backward()
-            grad_norm = optimizer.step(where)
-            entropy = torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1)
-            stats.append({"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), **pg_stats,
-                          **vf_stats, "policy/entropy": entropy.item(), "grad_norm": grad_norm})
-    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+    def loss_fn(rows: Tensor) -> tuple[Tensor, dict]:
+        rows = rows.to(roll.scores.device)
+        now = response_logps(policy, roll.rows(rows), roll.temperature, value_head, entropy=True)
+        logprobs, entropy, values, mask = now.logps, now.entropy, now.values, roll.mask[rows]
+        pg_loss, pg_stats = ppo_policy_loss(logprobs, roll.logprobs[rows], roll.advantages[rows],
+                                            mask, config.cliprange)
+        vf_loss, vf_stats = ppo_value_loss(values, roll.values[rows], roll.returns[rows], mask,
+                                           config.cliprange_value)
+        entropy = torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1)
+        # L = L^CLIP + c_v L^V (no entropy bonus)
+        return pg_loss + config.vf_coef * vf_loss, {
+            "loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), **pg_stats, **vf_stats,
+            "policy/entropy": entropy.item()}
+
+    return minibatch_updates(optimizer, loss_fn, len(roll.scores), config.mini_batch_size,
+                             config.ppo_epochs, batch, seed)
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -298,11 +273,7 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
         kl_coef = state["kl_coef"]
         roll = rollout(policy, value_head, ref_model, tokenizer, batch.items, score_fn, config,
                        generation, kl_coef, seed, state["score_stats"])
-        if not torch.isfinite(roll.raw_scores).all():
-            bad = (~torch.isfinite(roll.raw_scores)).nonzero().flatten().tolist()
-            raise FloatingPointError(f"score_fn gave a non-finite score at step {batch.step + 1} "
-                                     f"for prompts {[batch.rows[i] for i in bad][:8]}: "
-                                     "inspect the reward")
+        check_finite_scores(roll.raw_scores, batch)
         state["score_stats"] = roll.score_stats
         stats = ppo_update(trainable, optimizer, roll, config, batch, seed)
         sequence_kl = roll.kl.sum(1)  # Σ_t log π_θ(y_t) − log π_ref(y_t): unbiased for the KL

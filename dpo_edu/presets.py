@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from .data import DataConfig
 from .baselines import PreferredFTConfig, UnlikelihoodConfig
+from .critic_free import GRPOConfig, RLOOConfig
 from .dpo import DPOConfig
 from .models import HUB_HOST, ModelConfig, hub_reachable
+from .online_dpo import OnlineDPOConfig
 from .ppo import PPOConfig
 from .preferences import PairsConfig
 from .reward_model import RewardConfig
@@ -43,7 +45,8 @@ class ToySizes:
 
 
 # The methods of the paper's Fig. 2 and those after it, each one a training recipe (study.py)
-METHODS = ("DPO", "IPO", "cDPO", "PPO", "PPO-GT", "Preferred-FT", "Unlikelihood", "Best-of-N")
+METHODS = ("DPO", "IPO", "cDPO", "PPO", "PPO-GT", "Preferred-FT", "Unlikelihood", "Best-of-N",
+           "RLOO", "GRPO", "Online DPO")
 
 
 @dataclass(frozen=True)
@@ -59,18 +62,27 @@ class Frontier:
     ppo_targets: tuple  # target KL (nats) of PPO's and PPO-GT's runs (the adaptive controller's)
     unlikelihood_alphas: tuple  # α of Unlikelihood's runs, the weight of its unlikelihood term
     best_of_n: tuple  # N of Best-of-N; the largest is a multiple of every other
+    rloo_betas: tuple  # β of RLOO's runs, the KL penalty in its reward
+    grpo_betas: tuple  # β of GRPO's runs, the weight of its k3 KL term
+    online_dpo_betas: tuple  # β of online DPO's runs
     seeds: int  # training seeds per setting (π_ref, the pairs and the reward model stay fixed)
     evals: int  # evaluations per run, the last after its final step: its points on the frontier
     select_prompts: int  # held-out prompts that choose each method's frontier points
     report_prompts: int  # other held-out prompts that report them
     samples_per_prompt: int  # completions sampled per prompt at each evaluation
     budgets: tuple  # KL (nats) at which the methods are compared
+    seeds_by_method: tuple = ()  # ((method, seeds), …): more seeds where runs vary most
+
+    def seeds_of(self, method: str) -> int:
+        """The training seeds of ``method``'s settings."""
+        return dict(self.seeds_by_method).get(method, self.seeds)
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods must be some of {METHODS}, got {self.methods!r}")
-        for name in ("dpo_betas", "ipo_betas", "cdpo_betas", "ppo_targets", "budgets"):
+        for name in ("dpo_betas", "ipo_betas", "cdpo_betas", "ppo_targets", "budgets",
+                     "rloo_betas", "grpo_betas", "online_dpo_betas"):
             for value in getattr(self, name):
                 check_positive(name, value)
         if not 0 < self.cdpo_epsilon < 0.5:
@@ -85,6 +97,11 @@ class Frontier:
                              f"{self.best_of_n}")
         for name in ("seeds", "evals", "select_prompts", "report_prompts", "samples_per_prompt"):
             check_int(name, getattr(self, name), 1)
+        for entry in self.seeds_by_method:
+            if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and entry[0] in METHODS):
+                raise ValueError(f"seeds_by_method takes (method, seeds) pairs of {METHODS}, got "
+                                 f"{entry!r}")
+            check_int(f"seeds_by_method[{entry[0]}]", entry[1], 1)
 
 
 @dataclass(frozen=True)
@@ -103,7 +120,10 @@ class Preset:
     ppo: PPOConfig  # ppo.py (and PPO-GT)
     preferred_ft: PreferredFTConfig  # baselines.py: SFT on the chosen responses
     unlikelihood: UnlikelihoodConfig  # baselines.py: likelihood of y_w, unlikelihood of y_l
-    frontier: Frontier  # notebook 05's runs
+    rloo: RLOOConfig  # critic_free.py: the leave-one-out baseline
+    grpo: GRPOConfig  # critic_free.py: group-normalised advantages
+    online_dpo: OnlineDPOConfig  # online_dpo.py: DPO on fresh pairs of π_θ
+    frontier: Frontier  # notebook 05's and 06's runs
 
 
 PRESETS = {
@@ -125,10 +145,17 @@ PRESETS = {
                       kl_coef=0.05, kl_horizon=64),
         preferred_ft=PreferredFTConfig(epochs=1.0, batch_size=16, lr=3e-4, max_length=64),
         unlikelihood=UnlikelihoodConfig(epochs=1.0, batch_size=16, lr=3e-4, max_length=64),
+        # 8 prompts × 4 samples a step, 2 passes of 2 minibatches: 4 updates a rollout, as PPO's 16
+        rloo=RLOOConfig(steps=24, batch_size=8, group_size=4, mini_batch_size=16, iterations=2,
+                        lr=3e-4, beta=0.05),
+        grpo=GRPOConfig(steps=24, batch_size=8, group_size=4, mini_batch_size=16, iterations=2,
+                        lr=3e-4, beta=0.04),
+        online_dpo=OnlineDPOConfig(steps=24, batch_size=16, lr=3e-4, beta=0.1),
         frontier=Frontier(methods=METHODS, dpo_betas=(0.1, 1.0), ipo_betas=(0.5,),
                           cdpo_betas=(0.1,), cdpo_epsilon=0.1, ppo_targets=(4.0,),
                           unlikelihood_alphas=(0.5,),
-                          best_of_n=(1, 4, 16), seeds=2, evals=3, select_prompts=16,
+                          best_of_n=(1, 4, 16), rloo_betas=(0.05,), grpo_betas=(0.04,),
+                          online_dpo_betas=(0.1,), seeds=2, evals=3, select_prompts=16,
                           report_prompts=16, samples_per_prompt=2, budgets=(1.0, 2.0, 4.0)),
     ),
     "cpu": Preset(
@@ -156,13 +183,24 @@ PRESETS = {
                                        max_length=128),
         unlikelihood=UnlikelihoodConfig(epochs=0.3, batch_size=16, lr=1e-4, warmup_steps=10,
                                         max_length=128),
+        # PPO's 32 samples a step, 8 prompts × 4; 4 updates a rollout (PPO: 16) at lr 1e-4
+        rloo=RLOOConfig(steps=64, batch_size=8, group_size=4, mini_batch_size=16, iterations=2,
+                        lr=1e-4, beta=0.05),
+        grpo=GRPOConfig(steps=64, batch_size=8, group_size=4, mini_batch_size=16, iterations=2,
+                        lr=1e-4, beta=0.04),
+        # 16 fresh pairs a step; 128 steps see 2,048 pairs (offline DPO at 0.3 epoch: ~4,000)
+        online_dpo=OnlineDPOConfig(steps=128, batch_size=16, lr=1e-4, warmup_steps=10, beta=0.1),
         frontier=Frontier(methods=METHODS, dpo_betas=(0.05, 0.1, 0.5, 2.0),
                           ipo_betas=(0.1, 0.3, 1.0, 3.0), cdpo_betas=(0.05, 0.1, 0.5, 2.0),
                           cdpo_epsilon=0.1, ppo_targets=(1.0, 3.0, 6.0, 12.0),
                           unlikelihood_alphas=(0.1, 0.3, 0.6, 1.0),
-                          best_of_n=(1, 2, 4, 8, 16, 32, 64), seeds=3, evals=3,
+                          best_of_n=(1, 2, 4, 8, 16, 32, 64), rloo_betas=(0.01, 0.03, 0.1, 0.3),
+                          grpo_betas=(0.01, 0.04, 0.1, 0.3),
+                          online_dpo_betas=(0.05, 0.1, 0.5, 2.0), seeds=3, evals=3,
                           select_prompts=150, report_prompts=250, samples_per_prompt=2,
-                          budgets=(2.0, 5.0, 10.0)),
+                          budgets=(2.0, 5.0, 10.0),
+                          # PPO's runs vary most: 3 seeds left its intervals 0.07 wide at KL 5–10
+                          seeds_by_method=(("PPO", 5),)),
     ),
     "gpt2": Preset(
         name="gpt2",
@@ -191,11 +229,19 @@ PRESETS = {
                                        max_length=256),  # an SFT rate: 1e-6 would barely move
         unlikelihood=UnlikelihoodConfig(epochs=1.0, batch_size=64, lr=1e-6, warmup_steps=150,
                                         max_length=256),
+        # PPO's 64 samples a step, 16 prompts × 4, at PPO's learning rate
+        rloo=RLOOConfig(steps=200, batch_size=16, group_size=4, mini_batch_size=16, iterations=2,
+                        lr=1.41e-5, beta=0.05),
+        grpo=GRPOConfig(steps=200, batch_size=16, group_size=4, mini_batch_size=16, iterations=2,
+                        lr=1.41e-5, beta=0.04),
+        online_dpo=OnlineDPOConfig(steps=400, batch_size=32, lr=1e-6, warmup_steps=50, beta=0.1),
         frontier=Frontier(methods=METHODS, dpo_betas=(0.05, 0.1, 0.5, 1.0),
                           ipo_betas=(0.1, 0.3, 1.0, 3.0), cdpo_betas=(0.05, 0.1, 0.5, 1.0),
                           cdpo_epsilon=0.1, ppo_targets=(2.0, 4.0, 8.0, 16.0),
                           unlikelihood_alphas=(0.1, 0.3, 0.6, 1.0),
-                          best_of_n=(1, 2, 4, 8, 16, 32, 64), seeds=3, evals=4,
+                          best_of_n=(1, 2, 4, 8, 16, 32, 64), rloo_betas=(0.01, 0.03, 0.1, 0.3),
+                          grpo_betas=(0.01, 0.04, 0.1, 0.3),
+                          online_dpo_betas=(0.05, 0.1, 0.5, 1.0), seeds=3, evals=4,
                           select_prompts=300, report_prompts=400, samples_per_prompt=2,
                           budgets=(2.0, 5.0, 10.0)),
     ),
@@ -232,13 +278,15 @@ _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "tuple": 
 _SECTIONS = {cls.__name__: cls for cls in (ToySizes, ModelConfig, DataConfig, Generation,
                                             GroundTruthConfig, PairsConfig, SFTConfig, RewardConfig,
                                             DPOConfig, PPOConfig, PreferredFTConfig,
-                                            UnlikelihoodConfig, Frontier)}
+                                            UnlikelihoodConfig, RLOOConfig, GRPOConfig,
+                                            OnlineDPOConfig, Frontier)}
 
 
 # Fields the notebooks set themselves, so an override would change nothing.
 SET_BY_THE_NOTEBOOK = {"seed": "the notebook's SEED (dpo-edu run --seed N)",
                        **{f"{section}.eval_every": "frontier.evals"
-                          for section in ("dpo", "ppo", "preferred_ft", "unlikelihood")}}
+                          for section in ("dpo", "ppo", "preferred_ft", "unlikelihood", "rloo",
+                                          "grpo", "online_dpo")}}
 
 
 def field_names() -> list[str]:

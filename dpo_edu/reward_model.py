@@ -185,6 +185,20 @@ def score(model: RewardModel, tokenizer, prompts: Sequence, responses: Sequence,
     return torch.cat(out) if out else torch.empty(0)
 
 
+def score_samples(score_fn, tokenizer, samples) -> Tensor:
+    """s(x, y) of ``sampling.Samples``, float32 on their device: r_φ at the last token of y as
+    sampled (EOS too where the policy emitted it, as in the pairs r_φ learned from), or any callable
+    texts → rewards, read on prompt ⊕ completion (the ground truth, for PPO-GT)."""
+    if isinstance(score_fn, RewardModel):
+        raw = score(score_fn, tokenizer, samples.prompts, samples.responses)
+    else:
+        raw = score_fn([p + t for p, t in zip(samples.prompts, samples.texts)])
+    raw = torch.as_tensor(raw, dtype=torch.float32).reshape(-1).to(samples.ended.device)
+    if len(raw) != len(samples.prompts):
+        raise ValueError(f"score_fn returned {len(raw)} scores for {len(samples.prompts)} texts")
+    return raw
+
+
 @torch.no_grad()
 def pair_scores(model: RewardModel, tokenizer, pairs: Sequence[dict], batch_size: int = 32,
                 append_eos: str = "auto") -> tuple[Tensor, Tensor]:

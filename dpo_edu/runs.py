@@ -3,7 +3,8 @@ trained from π_ref (``pipeline.Reference``) and evaluated alike, on two disjoin
 several samples a prompt, their per-prompt means kept for ``frontier.py``'s intervals.
 
     offline_run   DPO, IPO, cDPO, Preferred-FT, Unlikelihood: trained on the pairs
-    ppo_run       PPO on the reward model, or PPO-GT on the ground truth: trained on its samples
+    online_run    PPO, RLOO, GRPO, online DPO on the reward model, or PPO-GT on the ground truth:
+                  trained on their own samples
     best_of_n_run N samples of π_ref a prompt, the reward model's pick: no training
 """
 
@@ -17,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from . import baselines, data, dpo, models, ppo, preferences
+from . import baselines, critic_free, data, dpo, models, online_dpo, ppo, preferences
 from .cost import CostMeter
 from .evaluate import make_eval_fn
 from .pipeline import Pairs, Reference, Trained, imdb_splits, pair_prompts, save_trained, trained
@@ -144,16 +145,25 @@ def offline_run(preset: Preset, run_dir, ref: Reference, pairs: Pairs, reward, p
     return trained(stage(Path(run_dir) / folder, settings, build, label))
 
 
-def ppo_run(preset: Preset, run_dir, ref: Reference, reward, prompts: dict,
-            train_prompts: Sequence[str], config, folder: str, label: str,
-            reward_model: Trained | None = None, callback=None) -> Trained:
-    """One PPO run from π_ref against ``reward_model``, or, without one, the true ``reward``
-    (PPO-GT), evaluated every ``config.eval_every`` steps; its evaluations also read r_φ (when
-    there is one) on the samples. Its cost counts rollouts and updates, not the evaluations."""
+# Methods that sample as they train: the key of their config in a run's settings, their trainer
+ONLINE = {ppo.PPOConfig: ("ppo", ppo.train_ppo),
+          critic_free.RLOOConfig: ("rloo", critic_free.train_critic_free),
+          critic_free.GRPOConfig: ("grpo", critic_free.train_critic_free),
+          online_dpo.OnlineDPOConfig: ("online_dpo", online_dpo.train_online_dpo)}
+
+
+def online_run(preset: Preset, run_dir, ref: Reference, reward, prompts: dict,
+               train_prompts: Sequence[str], config, folder: str, label: str,
+               reward_model: Trained | None = None, callback=None) -> Trained:
+    """One run that samples as it trains, from π_ref against ``reward_model`` or, without one, the
+    true ``reward``: PPO (PPO-GT), RLOO, GRPO or online DPO, as ``config``'s type says (``ONLINE``);
+    evaluated every ``config.eval_every`` steps, its evaluations also read r_φ (when there is one)
+    on the samples. Its cost counts sampling and updates, not the evaluations."""
     ground_truth = reward_model is None
+    key, trainer = ONLINE[type(config)]
     settings = {"sft": ref.stage.settings,
                 "reward_model": None if ground_truth else reward_model.stage.settings,
-                "ppo": result_settings(config), "train_prompts": fingerprint(list(train_prompts)),
+                key: result_settings(config), "train_prompts": fingerprint(list(train_prompts)),
                 **_evaluation_settings(preset, prompts, reward)}  # PPO-GT trains on the reward
 
     def build(folder: Path) -> None:
@@ -163,10 +173,10 @@ def ppo_run(preset: Preset, run_dir, ref: Reference, reward, prompts: dict,
         evaluate = _evaluator(preset, policy, ref.tokenizer, prompts, reward, ref_model.eval(),
                               config.seed, None if ground_truth else reward_model.model)
         with CostMeter(policy, ref_model, *([] if ground_truth else [score])) as cost:
-            _, metrics = ppo.train_ppo(policy, ref_model, ref.tokenizer, train_prompts, score,
-                                       config, preset.generation, callback=callback,
-                                       eval_fn=_uncounted(evaluate, cost),
-                                       checkpoint_dir=folder / CHECKPOINT)
+            _, metrics = trainer(policy, ref_model, ref.tokenizer, train_prompts, score, config,
+                                 preset.generation, callback=callback,
+                                 eval_fn=_uncounted(evaluate, cost),
+                                 checkpoint_dir=folder / CHECKPOINT)
         save_trained(folder, metrics, cost, evaluate.samples)
 
     return trained(stage(Path(run_dir) / folder, settings, build, label))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -127,3 +127,26 @@ def generate(
     mask = torch.cat(all_mask) if all_mask else torch.empty(0, max_new_tokens, dtype=torch.long)
     texts = [tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(ids, mask)]
     return (texts, ids, mask) if return_ids else texts
+
+
+class Samples(NamedTuple):
+    """Completions as a policy drew them, ready to score and to train on."""
+
+    prompts: list[str]
+    texts: list[str]  # the completions, decoded, without EOS
+    responses: list[list[int]]  # their token ids, EOS included where the policy emitted it
+    batch: dict  # encode_pairs of (prompt, response) on the policy's device: [pads, x | y, pads]
+    ended: Tensor  # (rows,) bool: the response ends with EOS (else it was cut at max_new_tokens)
+
+
+@torch.no_grad()
+def sample(policy, tokenizer, prompts: Sequence[str], generation: Generation, seed: int) -> Samples:
+    """One completion of each prompt, drawn in one batch (repeat a prompt to draw a group)."""
+    texts, ids, sampled = generate(policy, tokenizer, prompts, generation.max_new_tokens,
+                                   generation.temperature, seed=seed, batch_size=len(prompts),
+                                   return_ids=True, progress=False)
+    responses = [row[m.bool()].tolist() for row, m in zip(ids, sampled)]  # EOS included: an action
+    device = policy.get_input_embeddings().weight.device
+    batch = {k: v.to(device) for k, v in encode_pairs(tokenizer, prompts, responses).items()}
+    ended = torch.tensor([r[-1] == tokenizer.eos_token_id for r in responses], device=device)
+    return Samples(list(prompts), texts, responses, batch, ended)

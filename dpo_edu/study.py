@@ -39,11 +39,13 @@ def settings(preset: Preset, methods=None) -> list[Setting]:
     sweeps = {"DPO": ("beta", config.dpo_betas), "IPO": ("beta", config.ipo_betas),
               "cDPO": ("beta", config.cdpo_betas), "PPO": ("target", config.ppo_targets),
               "PPO-GT": ("target", config.ppo_targets), "Preferred-FT": (None, (None,)),
-              "Unlikelihood": ("alpha", config.unlikelihood_alphas)}
+              "Unlikelihood": ("alpha", config.unlikelihood_alphas),
+              "RLOO": ("beta", config.rloo_betas), "GRPO": ("beta", config.grpo_betas),
+              "Online DPO": ("beta", config.online_dpo_betas)}
     words = {"beta": "β={:g}", "target": "target KL {:g}", "alpha": "α={:g}"}
     out = []
     for method in methods:
-        slug = method.lower().replace("-", "_")
+        slug = method.lower().replace("-", "_").replace(" ", "_")
         if method == "Best-of-N":
             ns = config.best_of_n
             out.append(Setting(method, f"N ≤ {max(ns)}", f"{slug}/n_{max(ns)}", ns))
@@ -64,7 +66,7 @@ class Shared(NamedTuple):
     pairs: pipeline.Pairs
     reward_model: pipeline.Trained
     prompts: dict  # {"select": [...], "report": [...]}
-    train_prompts: list  # the training prefixes, for methods that sample (PPO)
+    train_prompts: list  # the training prefixes, for the methods that sample (SAMPLING)
     reference: pipeline.Trained  # π_ref evaluated as every run is
 
 
@@ -87,16 +89,23 @@ def train_config(preset: Preset, setting: Setting, seed: int, items: int):
     an evaluation every ⌈steps / frontier.evals⌉ steps."""
     base = {"DPO": preset.dpo, "IPO": preset.dpo, "cDPO": preset.dpo, "PPO": preset.ppo,
             "PPO-GT": preset.ppo, "Preferred-FT": preset.preferred_ft,
-            "Unlikelihood": preset.unlikelihood}[setting.method]
+            "Unlikelihood": preset.unlikelihood, "RLOO": preset.rloo, "GRPO": preset.grpo,
+            "Online DPO": preset.online_dpo}[setting.method]
     swept = {"DPO": dict(beta=setting.value),  # its loss as preset.dpo says: sigmoid unless set
              "IPO": dict(beta=setting.value, loss_type="ipo", label_smoothing=0.0),
              "cDPO": dict(beta=setting.value, loss_type="sigmoid",
                           label_smoothing=preset.frontier.cdpo_epsilon),
              "PPO": dict(target_kl=setting.value), "PPO-GT": dict(target_kl=setting.value),
-             "Preferred-FT": {}, "Unlikelihood": dict(alpha=setting.value)}[setting.method]
+             "Preferred-FT": {}, "Unlikelihood": dict(alpha=setting.value),
+             "RLOO": dict(beta=setting.value), "GRPO": dict(beta=setting.value),
+             "Online DPO": dict(beta=setting.value)}[setting.method]
     config = replace(base, **swept, seed=seed)
     every = runs.eval_every(config.total_steps(items), preset.frontier.evals)
     return replace(config, eval_every=every)
+
+
+# the methods that train on their own samples (on the reward model's scores, but PPO-GT)
+SAMPLING = ("PPO", "PPO-GT", "RLOO", "GRPO", "Online DPO")
 
 
 def run_one(preset: Preset, run_dir, shared: Shared, setting: Setting, seed: int,
@@ -107,10 +116,10 @@ def run_one(preset: Preset, run_dir, shared: Shared, setting: Setting, seed: int
     if setting.method == "Best-of-N":
         return runs.best_of_n_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
                                   shared.reward_model, setting.value, seed, folder, label)
-    if setting.method in ("PPO", "PPO-GT"):
+    if setting.method in SAMPLING:
         config = train_config(preset, setting, seed, len(shared.train_prompts))
-        rm = shared.reward_model if setting.method == "PPO" else None
-        return runs.ppo_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
+        rm = None if setting.method == "PPO-GT" else shared.reward_model
+        return runs.online_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
                             shared.train_prompts, config, folder, label, reward_model=rm,
                             callback=callback)
     config = train_config(preset, setting, seed, len(shared.pairs.train))
@@ -140,7 +149,8 @@ def run_study(preset: Preset, run_dir, seed: int = 0, methods=None, workers: int
 
     _claim(preset, run_dir, seed)
     shared = prepare(preset, run_dir, seed=seed)
-    jobs = [(s, seed + k) for s in settings(preset, methods) for k in range(preset.frontier.seeds)]
+    jobs = [(s, seed + k) for s in settings(preset, methods)
+            for k in range(preset.frontier.seeds_of(s.method))]
     if workers > 1:  # fresh processes (spawn: torch's thread pools do not survive a fork)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
@@ -157,9 +167,10 @@ def run_study(preset: Preset, run_dir, seed: int = 0, methods=None, workers: int
                         "evals": evals(run), "metrics": run.metrics, "samples": run.samples,
                         "cost": run.cost})
     reference = {row["split"]: row for row in evals(shared.reference)}
+    methods = [m for m in preset.frontier.methods if any(r["method"] == m for r in trained)]
     table = frontier.frontier_table(trained, reference, budgets=preset.frontier.budgets,
-                                    methods=[m for m in preset.frontier.methods
-                                             if any(r["method"] == m for r in trained)])
+                                    methods=methods,  # differences from DPO, or the first method
+                                    baseline="DPO" if "DPO" in methods else methods[0])
     return Study(trained, reference, table)
 
 
@@ -235,13 +246,18 @@ def save_study(study: Study, preset: Preset, path, command: str = "") -> Path:
 
 
 
+def value_text(row: dict) -> str:
+    """A reading of the table without its method: "0.612 [0.583, 0.640]", or why there is none."""
+    if row["value"] is None:
+        return row["status"]
+    if row["low"] is None:
+        return f"{row['value']:.3f} ({row['status']})"
+    return f"{row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+
+
 def reading(row: dict) -> str:
     """One method's reading of the table: "DPO 0.612 [0.583, 0.640]", or why there is none."""
-    if row["value"] is None:
-        return f"{row['method']} {row['status']}"
-    if row["low"] is None:
-        return f"{row['method']} {row['value']:.3f} ({row['status']})"
-    return f"{row['method']} {row['value']:.3f} [{row['low']:.3f}, {row['high']:.3f}]"
+    return f"{row['method']} {value_text(row)}"
 
 
 def table_lines(table: dict) -> list[str]:
@@ -256,3 +272,46 @@ def table_lines(table: dict) -> list[str]:
                      is not None else f"; {row['difference']:+.3f} ({row['verdict']})")
         lines.append(line)
     return lines
+
+
+# --- tables for the notebooks ---------------------------------------------------------------------
+
+
+def table_frame(table: dict):
+    """The matched-KL table as a DataFrame: a row a method, for each budget its reward with the 95 %
+    interval, its difference from the baseline and the verdict."""
+    import pandas as pd
+
+    rows = [{"method": r["method"], "KL": r["budget"], "reward": value_text(r),
+             f"− {table['baseline']}": "" if r["difference"] is None else f"{r['difference']:+.3f}",
+             "verdict": r["verdict"]} for r in table["rows"]]
+    return pd.DataFrame(rows).pivot(index="method", columns="KL")
+
+
+def cost_frame(runs: list[dict], reward_model_cost: dict | None = None):
+    """Each method's mean cost over its runs (seconds, token passes, peak memory), and the reward
+    model's, which RLHF and every method that samples against r_φ pay once."""
+    import pandas as pd
+
+    costs = pd.DataFrame([{"method": r["method"], **r["cost"]} for r in runs])
+    costs = costs.groupby("method").mean()
+    if reward_model_cost is not None:
+        costs.loc["reward model (once)"] = pd.Series(reward_model_cost)
+    return costs
+
+
+def samples_frame(reference_samples: list[dict], runs: list[dict], methods, n: int = 8):
+    """The first ``n`` report prompts' completions of π_ref and of one setting of each method (its
+    last evaluation), with their ground-truth rewards."""
+    import pandas as pd
+
+    def cells(samples):
+        return [f"{s['completion']}  ({s['reward']:.2f})" for s in samples[:n]]
+
+    frame = pd.DataFrame({"prompt": [s["prompt"] for s in reference_samples[:n]],
+                          "π_ref": cells(reference_samples)})
+    for method in methods:
+        run = next((r for r in runs if r["method"] == method and r["samples"]), None)
+        if run is not None:
+            frame[f"{method} {run['setting']}"] = cells(run["samples"])
+    return frame

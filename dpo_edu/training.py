@@ -207,6 +207,17 @@ def check_finite_loss(loss: Tensor | float, batch: Batch, name: str = "loss") ->
             "inspect those rows")
 
 
+def check_finite_scores(scores: Tensor, batch: Batch, group: int = 1) -> None:
+    """Raise ``FloatingPointError`` naming the step and the prompts (rows of ``batch``) whose
+    samples scored NaN or ±inf (a prompt sampled ``group`` times owns ``group`` consecutive
+    scores)."""
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if bad:
+        prompts = sorted({batch.rows[i // group] for i in bad})
+        raise FloatingPointError(f"the reward gave a non-finite score at step {batch.step + 1} for "
+                                 f"prompts {prompts[:8]}: inspect the reward")
+
+
 def clip_gradients(model: nn.Module, max_norm: float | None) -> float:
     """‖g‖₂ before clipping; with ``max_norm``, g ← g · min(1, max_norm / ‖g‖₂)."""
     params = [p for p in model.parameters() if p.grad is not None]
@@ -253,6 +264,29 @@ def minimize(loss_fn: Callable[[list], tuple[Tensor, dict]], micro_batches: int 
         return {"loss": loss, **metrics, "grad_norm": optimizer.step(batch)}
 
     return step
+
+
+def minibatch_updates(optimizer: Optimizer, loss_fn: Callable[[Tensor], tuple[Tensor, dict]],
+                      rows: int, mini_batch_size: int, passes: int, batch: Batch, seed: int,
+                      group: int = 1) -> dict:
+    """An on-policy step's updates: ``passes`` over a rollout of ``rows`` samples, reshuffled each
+    time, one AdamW step per minibatch on ``loss_fn(row_indices) -> (loss, metrics)``; the mean
+    metrics. A non-finite loss names the step, the pass, the minibatch and its prompts (a prompt
+    sampled ``group`` times owns ``group`` consecutive rows)."""
+    generator = torch.Generator().manual_seed(seed)  # seeded per step: a resumed run shuffles alike
+    stats = []
+    for epoch in range(passes):
+        order = torch.randperm(rows, generator=generator)
+        for index, start in enumerate(range(0, rows, mini_batch_size)):
+            picked = order[start : start + mini_batch_size]
+            loss, metrics = loss_fn(picked)
+            where = Batch(batch.step, epoch, index,
+                          [batch.rows[i // group] for i in picked.tolist()], [])
+            check_finite_loss(loss, where)
+            optimizer.zero_grad()
+            loss.backward()
+            stats.append({**metrics, "grad_norm": optimizer.step(where)})
+    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
 
 # --- the loop -------------------------------------------------------------------------------------

@@ -81,10 +81,12 @@ from dpo_edu.widgets import explore_study
 
 base = get_preset(PRESET, PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / base.name
-preset = get_preset(PRESET, {**PRESET_OVERRIDES, "frontier.methods": METHODS or list(base.frontier.methods),
-                             "frontier.seeds": SEEDS or base.frontier.seeds}, verbose=False)
+seeds = {"frontier.seeds": SEEDS, "frontier.seeds_by_method": []} if SEEDS else {}  # SEEDS: every method alike
+preset = get_preset(PRESET, {**PRESET_OVERRIDES, "frontier.methods": METHODS or list(base.frontier.methods), **seeds},
+                    verbose=False)
 shipped = study.shipped_study("cpu")  # the whole cpu study, measured once and shipped in data/frontier/
-print(f"run folder: {run_dir}; methods {list(preset.frontier.methods)}, {preset.frontier.seeds} seed(s) each")
+print(f"run folder: {run_dir}; methods {list(preset.frontier.methods)}, "
+      f"{ {m: preset.frontier.seeds_of(m) for m in preset.frontier.methods} } seed(s)")
 
 # %% [markdown]
 # ## 1. What notebook 04 built
@@ -196,15 +198,8 @@ plots.plot_study(own, shipped)
 # there but fewer than 95 % of the bootstrap replicates did.
 
 # %%
-def table_frame(table: dict) -> pd.DataFrame:
-    rows = [{"method": r["method"], "KL": r["budget"], "reward": study.reading(r).split(" ", 1)[1],
-             f"− {table['baseline']}": "" if r["difference"] is None else f"{r['difference']:+.3f}",
-             "verdict": r["verdict"]} for r in table["rows"]]
-    return pd.DataFrame(rows).pivot(index="method", columns="KL")
-
-
 record("frontier_table", own["table"]["rows"])
-table_frame(own["table"])
+study.table_frame(own["table"])
 
 # %% [markdown]
 # ### The shipped `cpu` study
@@ -215,7 +210,7 @@ table_frame(own["table"])
 
 # %%
 if shipped is not None:
-    display(table_frame(shipped["table"]))
+    display(study.table_frame(shipped["table"]))
     record("shipped_seconds", shipped["seconds"])
 
 # %% [markdown]
@@ -255,13 +250,7 @@ if bon:
 # beside $\pi_\text{ref}$'s, with their ground-truth rewards.
 
 # %%
-samples = pd.DataFrame({"prompt": [s["prompt"] for s in shared.reference.samples[:8]]})
-samples["π_ref"] = [f"{s['completion']}  ({s['reward']:.2f})" for s in shared.reference.samples[:8]]
-for method in preset.frontier.methods:
-    run = next((r for r in result.runs if r["method"] == method and r["samples"]), None)
-    if run is not None:
-        samples[f"{method} {run['setting']}"] = [f"{s['completion']}  ({s['reward']:.2f})" for s in run["samples"][:8]]
-samples
+study.samples_frame(shared.reference.samples, result.runs, preset.frontier.methods)
 
 # %% [markdown]
 # ## 8. What each method costs
@@ -275,11 +264,10 @@ samples
 # pair check). Means over a method's runs:
 
 # %%
-costs = pd.DataFrame([{"method": r["method"], **r["cost"]} for r in result.runs]).groupby("method").mean()
-costs.loc["reward model (RLHF only)"] = pd.Series(shared.reward_model.cost)
+costs = study.cost_frame(result.runs, shared.reward_model.cost)
 print(costs.round(1).to_string())
 if {"DPO", "PPO"} <= set(costs.index):
-    ratio = (costs.loc["PPO"] + costs.loc["reward model (RLHF only)"]) / costs.loc["DPO"]
+    ratio = (costs.loc["PPO"] + costs.loc["reward model (once)"]) / costs.loc["DPO"]
     print(f"\nRLHF / DPO per run: {ratio['seconds']:.1f}× the time, {ratio['forward_tokens']:.1f}× the forward tokens, "
           f"{ratio['backward_tokens']:.1f}× the backward tokens")
     record("cost_ratio_seconds", ratio["seconds"])

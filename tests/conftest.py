@@ -70,13 +70,13 @@ def short_reviews():
 
 @pytest.fixture(scope="session")
 def ci_course_run(tmp_path_factory):
-    """The run folder that notebooks 04 and 05 filled at the ``ci`` preset, as a student runs them (05 loads
-    what 04 built), through ``dpo-edu run``'s code path: executed notebooks, summary.json and every cached
-    stage, so a later run of 05 (the browser test's) only loads. About 2 minutes on 2 idle cores."""
+    """The run folder that notebooks 04, 05 and 06 filled at the ``ci`` preset, as a student runs them (05 and
+    06 load what 04 and 05 built), through ``dpo-edu run``'s code path: executed notebooks, summary.json and
+    every cached stage, so a later run of 05 (the browser test's) only loads. About 3 minutes on 2 idle cores."""
     out = tmp_path_factory.mktemp("ci_course_run")
     with pytest.MonkeyPatch.context() as patch:  # the thread count of the pinned trajectories (test_trajectories)
         patch.setenv("OMP_NUM_THREADS", str(load_script("scripts/pin_trajectories.py").THREADS))
-        run_course("ci", out, ["04_gpt2_preferences", "05_rlhf_vs_dpo"])
+        run_course("ci", out, ["04_gpt2_preferences", "05_rlhf_vs_dpo", "06_after_dpo"])
     return out
 
 

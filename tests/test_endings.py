@@ -5,8 +5,9 @@ and scores, and PPO's scoring of samples."""
 import pytest
 import torch
 
-from dpo_edu import data, dpo, models, ppo, preferences, reward_model
+from dpo_edu import data, dpo, models, preferences, reward_model
 from dpo_edu.reward_model import RewardModel
+from dpo_edu.sampling import Samples
 
 PROMPT, CHOSEN, REJECTED = "The movie was", " a delight.", " a long and"
 
@@ -69,5 +70,6 @@ def test_the_reward_model_and_ppo_read_the_same_endings(record, tiny_lm, tmp_pat
     torch.testing.assert_close(torch.cat([chosen, rejected]), by_flags)
     # PPO scores its samples' own tokens, EOS included where sampled: the same numbers
     sampled = [models.token_ids(tok, CHOSEN) + [tok.eos_token_id], models.token_ids(tok, REJECTED)]
-    torch.testing.assert_close(ppo._scores(rm, tok, [PROMPT, PROMPT], [CHOSEN, REJECTED], sampled), by_flags)
+    samples = Samples([PROMPT, PROMPT], [CHOSEN, REJECTED], sampled, {}, torch.tensor([True, False]))
+    torch.testing.assert_close(reward_model.score_samples(rm, tok, samples), by_flags)
     assert not torch.allclose(reward_model.score(rm, tok, [PROMPT], [CHOSEN]), chosen)  # the EOS is read

@@ -101,7 +101,7 @@ def test_03_deterministic_preferences_overfit_dpo_not_ipo_or_cdpo(dpo_objective)
 
 @pytest.fixture(scope="module")
 def language_model_run(ci_course_run):
-    """Notebooks 04 and 05 in one run folder (conftest.py, shared with the browser test)."""
+    """Notebooks 04, 05 and 06 in one run folder (conftest.py, shared with the browser test)."""
     return read_run(ci_course_run)
 
 
@@ -140,6 +140,33 @@ def test_05_puts_every_trained_method_on_the_frontier_with_intervals(language_mo
     assert bon[16]["log N − (N−1)/N"] > bon[4]["log N − (N−1)/N"] > 0 and bon[16]["measured KL"] > 0
     # RLHF samples, scores and updates with a value head; DPO takes supervised steps on fixed pairs.
     assert records["cost_ratio_forward_tokens"] > 1 and records["cost_ratio_seconds"] > 1
+
+
+@pytest.mark.notebook
+def test_06_puts_rloo_grpo_and_online_dpo_on_notebook_05s_frontier(language_model_run):
+    records, seconds = language_model_run["06_after_dpo"]
+    assert seconds < 600  # a runaway guard: 51 s at ci with another study sharing the 2 cores (budget 3 min)
+    # DPO's and PPO's runs are notebook 05's, read back; the three new methods trained once each at ci
+    assert records["runs"] == {"DPO": 2, "PPO": 1, "RLOO": 1, "GRPO": 1, "Online DPO": 1}
+    assert records["sft_reward"] == language_model_run["05_rlhf_vs_dpo"][0]["sft_reward"]  # one π_ref
+    example = records["group_example"]
+    assert sum(example["RLOO A_i"]) == pytest.approx(0, abs=1e-5)  # leave-one-out advantages sum to 0
+    assert example["GRPO, centred"] == pytest.approx(example["(k−1)/k · RLOO"], abs=1e-6)  # s − s̄ = (k−1)/k (s − s̄₋ᵢ)
+    weights = records["token_weights"]  # a 4-token and a 16-token response in one minibatch
+    assert weights["grpo"]["short response's token"] == pytest.approx(4 * weights["grpo"]["long response's token"])
+    for flat in ("bnpo", "dapo", "dr_grpo"):
+        assert weights[flat]["short response's token"] == pytest.approx(weights[flat]["long response's token"])
+    assert weights["dr_grpo"]["long response's token"] == pytest.approx(1 / (2 * 16))  # 1/(n × max_new_tokens)
+    assert weights["bnpo"]["long response's token"] == pytest.approx(1 / 20)  # 1/(tokens in the minibatch)
+    assert all(kl > 0 for kl in records["dpo_final_kl"].values())
+    rows = records["frontier_table"]
+    methods = ("DPO", "PPO", "RLOO", "GRPO", "Online DPO")
+    assert {(r["method"], r["budget"]) for r in rows} == {(m, b) for m in methods for b in (1.0, 2.0, 4.0)}
+    assert all(r["value"] is None or 0 < r["value"] < 1 for r in rows)
+    costs = records["costs"]
+    for method in ("RLOO", "GRPO", "Online DPO"):  # they sample and train: forward and backward passes counted
+        assert costs[method]["forward_tokens"] > costs[method]["backward_tokens"] > 0
+    assert costs["RLOO"]["forward_tokens"] == costs["GRPO"]["forward_tokens"]  # the same groups, the same passes
 
 
 @pytest.mark.notebook

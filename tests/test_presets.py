@@ -16,9 +16,11 @@ import torch
 
 from dpo_edu import models, presets
 from dpo_edu.baselines import PreferredFTConfig, UnlikelihoodConfig
+from dpo_edu.critic_free import GRPOConfig, RLOOConfig
 from dpo_edu.data import DataConfig
 from dpo_edu.dpo import DPOConfig
 from dpo_edu.models import ModelConfig
+from dpo_edu.online_dpo import OnlineDPOConfig
 from dpo_edu.ppo import PPOConfig, adapt_kl_coef
 from dpo_edu.preferences import PairsConfig
 from dpo_edu.reward_model import RewardConfig
@@ -31,7 +33,7 @@ TOY_FIELDS = ("steps", "pairs", "bt_max_comparisons", "bt_repeats")
 SECTIONS = {"toy": presets.ToySizes, "model": ModelConfig, "data": DataConfig, "generation": Generation,
             "ground_truth": GroundTruthConfig, "pairs": PairsConfig, "sft": SFTConfig, "reward_model": RewardConfig,
             "dpo": DPOConfig, "ppo": PPOConfig, "preferred_ft": PreferredFTConfig, "unlikelihood": UnlikelihoodConfig,
-            "frontier": presets.Frontier}
+            "rloo": RLOOConfig, "grpo": GRPOConfig, "online_dpo": OnlineDPOConfig, "frontier": presets.Frontier}
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +81,7 @@ def test_every_preset_nests_one_frozen_config_per_stage(name):
         assert type(config) is cls, (name, section)
         assert cls.__dataclass_params__.frozen, section
         assert dataclasses.replace(config) == config  # its own checks accept the preset's values
-    for section in ("sft", "reward_model", "dpo", "ppo", "preferred_ft", "unlikelihood"):
+    for section in ("sft", "reward_model", "dpo", "ppo", "preferred_ft", "unlikelihood", "rloo", "grpo", "online_dpo"):
         assert isinstance(getattr(preset, section), TrainConfig), section
     assert preset.pairs.completions == 4 and 0 < preset.pairs.eval_prompts < preset.pairs.prompts
     assert preset.ppo.steps is not None and preset.ppo.mini_batch_size <= preset.ppo.batch_size
@@ -147,7 +149,7 @@ def test_field_names_are_every_settable_dotted_field():
         section, field = name.split(".")
         assert field in {f.name for f in dataclasses.fields(SECTIONS[section])}, name
     expected = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-    trainers = ("dpo", "ppo", "preferred_ft", "unlikelihood")
+    trainers = ("dpo", "ppo", "preferred_ft", "unlikelihood", "rloo", "grpo", "online_dpo")
     assert set(names) == expected - {"sft.seed", "reward_model.seed", *(f"{t}.seed" for t in trainers),
                                       *(f"{t}.eval_every" for t in trainers)}
 

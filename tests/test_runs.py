@@ -71,7 +71,7 @@ def test_ppo_gt_trains_on_the_true_reward_and_reruns_when_the_reward_changes(tin
     train_prompts = PROMPTS["report"] * 3
 
     def run(reward):
-        return runs.ppo_run(preset, tmp_path, ref, reward, PROMPTS, train_prompts, config, "runs/ppo_gt/t3",
+        return runs.online_run(preset, tmp_path, ref, reward, PROMPTS, train_prompts, config, "runs/ppo_gt/t3",
                             "PPO-GT t3")
 
     first = run(vowels)
@@ -96,7 +96,7 @@ def test_ppo_on_a_reward_model_reports_its_score_beside_the_truth(tiny_run, tmp_
     rm = RewardModel.from_policy(ref.policy, ref.tokenizer, seed=1).eval()
     trained = pipeline.Trained(rm, [], [], {}, Stage(tmp_path / "reward_model", {"rm": 1}))
     config = dataclasses.replace(preset.ppo, target_kl=3.0, eval_every=2)
-    run = runs.ppo_run(preset, tmp_path, ref, hash_reward, PROMPTS, PROMPTS["report"] * 3, config, "runs/ppo/t3",
+    run = runs.online_run(preset, tmp_path, ref, hash_reward, PROMPTS, PROMPTS["report"] * 3, config, "runs/ppo/t3",
                        "PPO t3", reward_model=trained)
     last = run.metrics[-1]  # over-optimisation's gauge: r_φ's mean score of the same samples
     assert last["eval/rm_score"] == pytest.approx(sum(last["eval/prompts"]["report"]["rm_score"]) / 3, rel=1e-5)

@@ -142,3 +142,13 @@ def test_dpo_edu_frontier_at_ci_runs_every_method_end_to_end(ci_course_run, tmp_
                                                                              for b in ci.budgets}
     assert "nan" not in json.dumps(shipped).lower() and shipped["seconds"] < 600
     assert (out / "frontier.png").is_file() and "reward at matched KL" in capsys.readouterr().out
+
+
+@pytest.mark.notebook
+def test_a_study_without_dpo_compares_with_its_first_method(ci_course_run):
+    """`dpo-edu frontier --methods PPO` once trained every run and then failed on its table (no DPO to compare
+    with); notebook 05's Best-of-N run is read back here, and the table's baseline is Best-of-N itself."""
+    preset = get_preset("ci", {"frontier.seeds": 1}, verbose=False)
+    result = study.run_study(preset, ci_course_run, methods=["Best-of-N"], progress=False)
+    assert result.table["baseline"] == "Best-of-N" and {r["method"] for r in result.table["rows"]} == {"Best-of-N"}
+    assert {r["verdict"] for r in result.table["rows"]} <= {"baseline", "not reached"}
