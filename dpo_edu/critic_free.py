@@ -34,7 +34,7 @@ from torch import Tensor
 from .losses import masked_mean
 from .models import chunked_logps, response_logps
 from .reward_model import score_samples
-from .sampling import Generation, sample
+from .sampling import Generation, check_prompts, sample
 from .training import (Batch, Optimizer, TrainConfig, check_finite_scores, disable_dropout,
                        minibatch_updates, train_loop)
 from .validate import check_int, check_positive
@@ -200,9 +200,7 @@ def train_critic_free(policy, ref_model, tokenizer, prompts: Sequence[str], scor
     if not isinstance(config, (RLOOConfig, GRPOConfig)):
         raise ValueError(f"config must be an RLOOConfig or a GRPOConfig, got "
                          f"{type(config).__name__}")
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty strings")
+    prompts = check_prompts(prompts)
     disable_dropout(ref_model.eval())  # π_ref's log-probs: deterministic
     grpo = isinstance(config, GRPOConfig)
     k, temperature = config.group_size, generation.temperature

@@ -23,7 +23,7 @@ from .dpo import preference_loss
 from .losses import LOSS_TYPES
 from .models import chunked_logps, response_logps
 from .reward_model import score_samples
-from .sampling import Generation, sample
+from .sampling import Generation, check_prompts, sample
 from .training import (Batch, Optimizer, TrainConfig, check_finite_loss, check_finite_scores,
                        disable_dropout, train_loop)
 from .validate import check_positive
@@ -74,9 +74,7 @@ def train_online_dpo(policy, ref_model, tokenizer, prompts: Sequence[str], score
     generation = generation if generation is not None else Generation()
     if not isinstance(config, OnlineDPOConfig):
         raise ValueError(f"config must be an OnlineDPOConfig, got {type(config).__name__}")
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty strings")
+    prompts = check_prompts(prompts)
     disable_dropout(ref_model.eval())
     temperature = generation.temperature
 

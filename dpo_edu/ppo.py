@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .losses import ppo_policy_loss, ppo_value_loss
 from .models import chunked_logps, response_logps
 from .reward_model import last_token_index, score_samples
-from .sampling import Generation, sample
+from .sampling import Generation, check_prompts, sample
 from .training import (Batch, Optimizer, TrainConfig, check_finite_scores, disable_dropout,
                        minibatch_updates, train_loop)
 from .validate import check_int, check_positive
@@ -255,9 +255,7 @@ def train_ppo(policy, ref_model, tokenizer, prompts: Sequence[str], score_fn,
     generation = generation if generation is not None else Generation()
     if not isinstance(config, PPOConfig):
         raise ValueError(f"config must be a PPOConfig, got {type(config).__name__}")
-    prompts = list(prompts)
-    if not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty strings")
+    prompts = check_prompts(prompts)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("tokenizer needs a pad token distinct from EOS "
                          "(models.load_tokenizer adds one)")

@@ -18,7 +18,7 @@ import torch
 
 from .data import Report, encode_text, train_eval_split
 from .models import token_ids
-from .sampling import Generation, generate
+from .sampling import Generation, check_prompts, generate
 from .validate import check_int
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")  # a record's texts (TRL's explicit-prompt format)
@@ -215,15 +215,6 @@ def pair_token_ids(tokenizer, pairs: Sequence[dict], append_eos: str = "auto"
 # --- sampling and labelling ----------------------------------------------------------------------
 
 
-def _check_prompts(prompts: Sequence[str]) -> list[str]:
-    if isinstance(prompts, str) or not len(prompts):
-        raise ValueError("prompts must be a non-empty list of strings")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError(f"prompts[{i}] must be a non-empty str, got {prompt!r}")
-    return list(prompts)
-
-
 def _check_k(k: int) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
         raise ValueError(f"k must be an int ≥ 2 (a pair needs two completions), got {k!r}")
@@ -235,7 +226,7 @@ def sample_completions(policy, tokenizer, prompts: Sequence[str], k: int = 4,
                        progress: bool | None = None) -> tuple[list[list[str]], list[list[bool]]]:
     """``(completions, ended)``: ``k`` independent samples of π(·|x) per prompt (texts without it),
     prompt i's at ``[i]``, and whether each ended with EOS; a seed fixes them for a batch_size."""
-    prompts, k = _check_prompts(prompts), _check_k(k)
+    prompts, k = check_prompts(prompts), _check_k(k)
     generation = generation if generation is not None else Generation()
     repeated = [prompt for prompt in prompts for _ in range(k)]  # [x0, x0, x0, x0, x1, ...]
     texts, ids, mask = generate(policy, tokenizer, repeated, generation.max_new_tokens,
@@ -306,7 +297,7 @@ def label_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]], re
     Records add ``chosen_reward``, ``rejected_reward``, ``prompt_id`` (the prompt's index). Pairs
     with equal rewards, identical texts or an empty side are skipped, counted in the ``Report``.
     """
-    _check_prompts(prompts)
+    check_prompts(prompts)
     return _label_scored(prompts, completions,
                          score_completions(prompts, completions, reward, score_prompt))
 
@@ -328,7 +319,7 @@ def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[
 
     ``scored`` holds each prompt's completions with their rewards (and ``ended`` flags).
     """
-    prompts = _check_prompts(prompts)
+    prompts = check_prompts(prompts)
     scores = score_completions(prompts, completions, reward, score_prompt)
     pairs, report = _label_scored(prompts, completions, scores, ended)
     validate_pairs(pairs)  # never hand on a record a trainer would reject

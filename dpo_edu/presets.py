@@ -185,7 +185,7 @@ PRESETS = {
                                         max_length=128),
         # PPO's 32 samples a step, 8 prompts × 4; 4 updates a rollout (PPO: 16) at lr 1e-4
         rloo=RLOOConfig(steps=64, batch_size=8, group_size=4, mini_batch_size=16, iterations=2,
-                        lr=1e-4, beta=0.05),
+                        lr=1e-4, beta=0.03),
         grpo=GRPOConfig(steps=64, batch_size=8, group_size=4, mini_batch_size=16, iterations=2,
                         lr=1e-4, beta=0.04),
         # 16 fresh pairs a step; 128 steps see 2,048 pairs (offline DPO at 0.3 epoch: ~4,000)
@@ -231,7 +231,7 @@ PRESETS = {
                                         max_length=256),
         # PPO's 64 samples a step, 16 prompts × 4, at PPO's learning rate
         rloo=RLOOConfig(steps=200, batch_size=16, group_size=4, mini_batch_size=16, iterations=2,
-                        lr=1.41e-5, beta=0.05),
+                        lr=1.41e-5, beta=0.03),
         grpo=GRPOConfig(steps=200, batch_size=16, group_size=4, mini_batch_size=16, iterations=2,
                         lr=1.41e-5, beta=0.04),
         online_dpo=OnlineDPOConfig(steps=400, batch_size=32, lr=1e-6, warmup_steps=50, beta=0.1),

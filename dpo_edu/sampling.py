@@ -129,6 +129,16 @@ def generate(
     return (texts, ids, mask) if return_ids else texts
 
 
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """The prompts to sample from, as a list; an error names the first one that is not a str."""
+    if isinstance(prompts, str) or not len(prompts):
+        raise ValueError("prompts must be a non-empty list of strings")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"prompts[{i}] must be a non-empty str, got {prompt!r}")
+    return list(prompts)
+
+
 class Samples(NamedTuple):
     """Completions as a policy drew them, ready to score and to train on."""
 

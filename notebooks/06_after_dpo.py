@@ -63,6 +63,7 @@ INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
 RUN_DIR = ""  # run folder shared with notebooks 04 and 05; "" means runs/<preset> at the repository root
 METHODS = ["DPO", "PPO", "RLOO", "GRPO", "Online DPO"]  # DPO's and PPO's runs are notebook 05's, read back
 SEEDS = 1  # training seeds per setting; 0 means the preset's (the shipped cpu study: 3)
+SWEEP = False  # True: every β of the preset's sweeps for RLOO, GRPO, online DPO (cpu: 4 each); False: one β each
 
 # %%
 # %matplotlib inline
@@ -82,9 +83,11 @@ from dpo_edu.widgets import explore_study
 base = get_preset(PRESET, PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / base.name
 seeds = {"frontier.seeds": SEEDS, "frontier.seeds_by_method": []} if SEEDS else {}  # SEEDS: every method alike
-preset = get_preset(PRESET, {**PRESET_OVERRIDES, "frontier.methods": METHODS, **seeds}, verbose=False)
+one_beta = {} if SWEEP else {f"frontier.{m}_betas": [getattr(base, m).beta] for m in ("rloo", "grpo", "online_dpo")}
+preset = get_preset(PRESET, {**PRESET_OVERRIDES, "frontier.methods": METHODS, **seeds, **one_beta}, verbose=False)
 shipped = study.shipped_study("cpu")  # the whole cpu study, measured once and shipped in data/frontier/
-print(f"run folder: {run_dir}; methods {METHODS}")
+print(f"run folder: {run_dir}; methods {METHODS}; RLOO β {preset.frontier.rloo_betas}, GRPO β "
+      f"{preset.frontier.grpo_betas}, online DPO β {preset.frontier.online_dpo_betas}")
 
 # %% [markdown]
 # ## 1. What notebooks 04 and 05 built
@@ -263,4 +266,4 @@ explore_study(own, shipped) if INTERACTIVE else plots.plot_study(own, shipped, m
 # **Try it:** (1) `PRESET_OVERRIDES = {"grpo.loss_type": "dr_grpo", "grpo.scale_rewards": "none"}` (Dr. GRPO):
 # does the mean response length move? (2) `{"rloo.group_size": 2}`: RLOO with a pair, TRL's default; how much
 # noisier are the curves? (3) `{"grpo.beta": 0.0}`, TRL's default: where does the KL go? (4) `SEEDS = 3` for
-# intervals comparable with the shipped study's.
+# intervals comparable with the shipped study's; `SWEEP = True` for every β of the preset (cpu: about an hour).

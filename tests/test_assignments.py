@@ -82,9 +82,28 @@ def partly_solved_ppo_pieces(folder, out):
     return out / "ppo_pieces.ipynb"
 
 
+def partly_solved_group_advantages(folder, out):
+    """The student's group_advantages with Q1–Q3 solved, Q4 solved but for its "loo" branch, which takes GRPO's
+    mean (the sample included) instead of the leave-one-out baseline, Q5 untouched."""
+    solved = jupytext.read(folder / "autograder" / "group_advantages.ipynb")
+    names = ("leave_one_out_baseline", "rloo_advantages_with_kl", "grpo_advantages", "reinforce_gradient")
+    solution = {name: next(cell.source for cell in solved.cells if f"def {name}(" in cell.source) for name in names}
+    loo = "advantages = sampled - leave_one_out_baseline(sampled, k)"
+    included = "advantages = (sampled.reshape(-1, k) - sampled.reshape(-1, k).mean(1, keepdim=True)).reshape(-1)"
+    assert loo in solution["reinforce_gradient"]
+    solution["reinforce_gradient"] = solution["reinforce_gradient"].replace(loo, included)
+    submission = jupytext.read(folder / "student" / "group_advantages.ipynb")
+    for cell in submission.cells:
+        for name in names:
+            if f"def {name}(" in cell.source:
+                cell.source = solution[name]
+    jupytext.write(submission, out / "group_advantages.ipynb")
+    return out / "group_advantages.ipynb"
+
+
 @pytest.fixture(scope="module")
 def graded(built, zips, tmp_path_factory):
-    """Each solved notebook, each untouched student notebook and one partly solved one, graded as ``otter run``
+    """Each solved notebook, each untouched student notebook and two partly solved ones, graded as ``otter run``
     does (a kernel each, in two worker processes): {(name, "solved" | "student" | "partial"): GradingResults}."""
     from otter.api import grade_submission
 
@@ -95,6 +114,7 @@ def graded(built, zips, tmp_path_factory):
         submissions[name, "student"] = folder / "student" / f"{name}.ipynb"
     partial = tmp_path_factory.mktemp("partial")
     submissions["ppo_pieces", "partial"] = partly_solved_ppo_pieces(paths["ppo_pieces"], partial)
+    submissions["group_advantages", "partial"] = partly_solved_group_advantages(paths["group_advantages"], partial)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")  # inherited by the workers and their kernels
         with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -103,8 +123,8 @@ def graded(built, zips, tmp_path_factory):
             return {key: future.result() for key, future in futures.items()}
 
 
-def test_three_assignments():
-    assert NAMES == ["bradley_terry", "dpo_loss", "ppo_pieces"]
+def test_four_assignments():
+    assert NAMES == ["bradley_terry", "dpo_loss", "group_advantages", "ppo_pieces"]
 
 
 def test_student_prints_what_it_wrote(built, zips):
@@ -153,6 +173,18 @@ def test_points_follow_what_is_solved(graded):
     failed = [result["test_case"] for result in q3 if not result["passed"]]
     assert [case["name"] for case in failed] == ["q3 - 3", "q3 - 4"] and all(case["hidden"] for case in failed)
     assert "q3 - 3 result:" in results.summary()
+
+
+def test_a_biased_baseline_fails_the_unbiasedness_check(graded):
+    """group_advantages Q4: the leave-one-out branch written with the group's mean (sample included) shrinks the
+    gradient by (k − 1)/k; the public check against the exact gradient and the hidden Monte-Carlo test catch it."""
+    results = graded["group_advantages", "partial"]
+    assert [results.get_score(q) for q in ("q1", "q2", "q3", "q4", "q5")] == [2, 1, 2, 1.5, 0]
+    assert (results.total, results.possible) == (6.5, 9)
+    q4 = results.to_dict()["q4"]["test_case_results"]
+    failed = [result["test_case"] for result in q4 if not result["passed"]]
+    assert [case["name"] for case in failed] == ["q4 - 2", "q4 - 3"]
+    assert [case["hidden"] for case in failed] == [False, True]
 
 
 def test_gradescope_installs_the_course_from_its_repository():

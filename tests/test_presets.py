@@ -286,3 +286,12 @@ def test_a_sections_overrides_are_validated_together_whatever_their_order():
         assert (pairs.prompts, pairs.eval_prompts) == (6, 2)
     with pytest.raises(ValueError, match=r"preset field 'pairs.prompts': eval_prompts \(32\) must be < prompts"):
         presets.get_preset("ci", {"pairs.prompts": 6}, verbose=False)
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_notebook_06s_one_beta_is_a_setting_of_the_study(name):
+    """Notebook 06 trains each of RLOO, GRPO and online DPO at its section's β (SWEEP = False): one of the frontier
+    study's settings, so the shipped study holds the same run with more seeds."""
+    preset = presets.PRESETS[name]
+    for method in ("rloo", "grpo", "online_dpo"):
+        assert getattr(preset, method).beta in getattr(preset.frontier, f"{method}_betas"), (name, method)
