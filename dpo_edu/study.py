@@ -58,6 +58,23 @@ def settings(preset: Preset, methods=None) -> list[Setting]:
     return out
 
 
+SWEEPS = ("dpo_betas", "ipo_betas", "cdpo_betas", "ppo_targets", "unlikelihood_alphas",
+          "rloo_betas", "grpo_betas", "online_dpo_betas")  # the frontier's swept settings
+
+
+def middle_settings(config, keep: int = 2, largest_n: int = 16) -> dict:
+    """Overrides that cut each sweep of a ``presets.Frontier`` to its middle ``keep`` values and
+    Best-of-N to N ≤ ``largest_n``: a notebook's quick frontier, inside the shipped study's."""
+    out = {}
+    for name in SWEEPS:
+        values = getattr(config, name)
+        start = max(0, (len(values) - keep) // 2)
+        out[f"frontier.{name}"] = list(values[start : start + keep])
+    small = [n for n in config.best_of_n if n <= largest_n]
+    out["frontier.best_of_n"] = small or [min(config.best_of_n)]
+    return out
+
+
 class Shared(NamedTuple):
     """The stages every run is built on, from ``prepare``."""
 
@@ -219,7 +236,7 @@ def shipped_study(name: str = "cpu") -> dict | None:
 
 def study_json(study: Study, preset: Preset, command: str = "") -> dict:
     """The shipped form (``frontier.json``): every evaluation point with its interval over prompts
-    (seeds apart), π_ref's, and the matched-KL table."""
+    (seeds apart), π_ref's, the matched-KL table, and each method's mean cost a run."""
     points = []
     for run in study.runs:
         for row in run["evals"]:
@@ -234,7 +251,8 @@ def study_json(study: Study, preset: Preset, command: str = "") -> dict:
     reward, low, high = frontier.mean_interval(ref["reward"])
     return {"preset": preset.name, "command": command, "frontier": asdict(preset.frontier),
             "reference": {"reward": reward, "reward_low": low, "reward_high": high},
-            "points": points, "table": study.table}
+            "points": points, "table": study.table,
+            "costs": cost_frame(study.runs).round(3).to_dict(orient="index")}
 
 
 def save_study(study: Study, preset: Preset, path, command: str = "") -> Path:
@@ -273,6 +291,28 @@ def table_lines(table: dict) -> list[str]:
         lines.append(line)
     return lines
 
+
+
+def markdown_table(table: dict) -> str:
+    """The matched-KL table in Markdown: a row a method, a column a budget; each cell the reward
+    with its 95 % interval and, in brackets, the difference from the baseline with its verdict."""
+    budgets = table["budgets"]
+    lines = ["| method | " + " | ".join(f"KL {b:g}" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    methods = list(dict.fromkeys(row["method"] for row in table["rows"]))
+    cells = {(row["method"], row["budget"]): row for row in table["rows"]}
+    for method in methods:
+        out = []
+        for budget in budgets:
+            row = cells[(method, budget)]
+            text = value_text(row)
+            if row["difference"] is not None and row["verdict"] != "baseline":
+                low, high = row["difference_low"], row["difference_high"]
+                spread = "" if low is None else f" [{low:+.3f}, {high:+.3f}]"
+                text += f" ({row['difference']:+.3f}{spread}, {row['verdict']})"
+            out.append(text)
+        lines.append(f"| {method} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
 
 # --- tables for the notebooks ---------------------------------------------------------------------
 

@@ -166,7 +166,8 @@ def test_06_puts_rloo_grpo_and_online_dpo_on_notebook_05s_frontier(language_mode
     costs = records["costs"]
     for method in ("RLOO", "GRPO", "Online DPO"):  # they sample and train: forward and backward passes counted
         assert costs[method]["forward_tokens"] > costs[method]["backward_tokens"] > 0
-    assert costs["RLOO"]["forward_tokens"] == costs["GRPO"]["forward_tokens"]  # the same groups, the same passes
+    # the same groups and passes: the token counts differ only by the samples' lengths
+    assert costs["RLOO"]["forward_tokens"] == pytest.approx(costs["GRPO"]["forward_tokens"], rel=0.05)
 
 
 @pytest.mark.notebook

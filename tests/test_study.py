@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import TINY_RUN
+from conftest import TINY_RUN, load_script
 
 from dpo_edu import cli, frontier, plots, study
 from dpo_edu.presets import METHODS, PRESETS, get_preset
@@ -152,3 +152,51 @@ def test_a_study_without_dpo_compares_with_its_first_method(ci_course_run):
     result = study.run_study(preset, ci_course_run, methods=["Best-of-N"], progress=False)
     assert result.table["baseline"] == "Best-of-N" and {r["method"] for r in result.table["rows"]} == {"Best-of-N"}
     assert {r["verdict"] for r in result.table["rows"]} <= {"baseline", "not reached"}
+
+
+def test_the_shipped_cpu_study_is_the_experiment_the_course_promises():
+    """data/frontier/cpu.json: every method with ≥ 3 seeds and ≥ 4 settings of each swept method, every report
+    evaluation with its interval, a matched-KL table without NaN whose intervals are narrower than 0.06."""
+    shipped = study.shipped_study("cpu")
+    assert shipped is not None and shipped["preset"] == "cpu" and shipped["command"].startswith("dpo-edu frontier")
+    assert shipped["frontier"]["seeds"] >= 3 and set(shipped["frontier"]["methods"]) == set(METHODS)
+    seeds, settings = {}, {}
+    for point in shipped["points"]:
+        seeds.setdefault(point["method"], set()).add(point["seed"])
+        settings.setdefault(point["method"], set()).add(point["setting"])
+        assert point["reward_low"] <= point["reward"] <= point["reward_high"] and point["kl"] >= 0
+    assert set(seeds) == set(METHODS) and all(len(s) >= 3 for s in seeds.values())
+    swept = set(METHODS) - {"Preferred-FT", "Best-of-N"}  # Best-of-N's sweep is its N, one run a seed
+    assert all(len(settings[m]) >= 4 for m in swept)
+    assert len({p["step"] for p in shipped["points"] if p["method"] == "Best-of-N"}) >= 4
+    assert "nan" not in json.dumps(shipped).lower()
+    assert set(shipped["costs"]) == set(METHODS) and all(c["forward_tokens"] > 0 for c in shipped["costs"].values())
+    rows = shipped["table"]["rows"]
+    assert {(r["method"], r["budget"]) for r in rows} == {(m, b) for m in METHODS for b in (2.0, 5.0, 10.0)}
+    for row in rows:  # issue 12's precision for the paper's methods; online DPO's KL 5 interval measured 0.077
+        if row["low"] is not None:
+            assert row["high"] - row["low"] < (0.08 if row["method"] == "Online DPO" else 0.06), row
+
+
+def test_the_readme_table_is_the_shipped_study_s():
+    """README.md's frontier table is generated from data/frontier/cpu.json (scripts/frontier_table.py)."""
+    script = load_script("scripts/frontier_table.py")
+    assert script.main(["--check"]) == 0
+    table = study.shipped_study("cpu")["table"]
+    assert script.markdown_table(table).count("\n") == 1 + len({row["method"] for row in table["rows"]})
+
+
+
+def test_a_notebooks_quick_frontier_keeps_the_middle_of_each_sweep():
+    """Notebook 05's SWEEP = False: the middle two settings of every sweep and Best-of-N to N ≤ 16, all of them
+    settings of the shipped study, so its runs are the study's seed-0 runs."""
+    cpu = PRESETS["cpu"].frontier
+    cut = study.middle_settings(cpu, keep=2, largest_n=16)
+    assert cut["frontier.dpo_betas"] == [0.1, 0.5] and cut["frontier.ppo_targets"] == [3.0, 6.0]
+    assert cut["frontier.best_of_n"] == [1, 2, 4, 8, 16]
+    for name in study.SWEEPS:
+        values = getattr(cpu, name)
+        assert set(cut[f"frontier.{name}"]) <= set(values) and len(cut[f"frontier.{name}"]) == min(2, len(values))
+    preset = get_preset("cpu", cut, verbose=False)  # a valid preset: Best-of-N's largest N still a multiple of all
+    assert len(study.settings(preset, ["DPO", "PPO", "Best-of-N"])) == 5
+    assert study.middle_settings(PRESETS["ci"].frontier)["frontier.dpo_betas"] == [0.1, 1.0]  # ci keeps its two
