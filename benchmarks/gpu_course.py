@@ -1,4 +1,4 @@
-"""Notebooks 04–05 with the ``gpt2`` preset on one GPU, then a timing table of every stage.
+"""Notebooks 04–06 with the ``gpt2`` preset on one GPU, then a timing table of every stage.
 
     python benchmarks/gpu_course.py                    # gpt2 from the Hub, the paper's classifier
     python benchmarks/gpu_course.py --offline          # no network: gpt2's shapes from random weights,
@@ -6,7 +6,8 @@
     python benchmarks/gpu_course.py --preset ci --offline --out runs/gpu_dry   # a dry run on a CPU (~2 min)
 
 The whole ``gpt2`` frontier: SFT, 24,000 pairs from 4,000 prefixes, the reward model, 4 DPO β and 4 PPO
-target-KL runs (the preset's sweeps), aimed at ≤ 30 minutes on one H100. ``--offline`` times the same
+target-KL runs (the preset's whole sweeps, not notebook 05's middle two), Best-of-N, and notebook 06's RLOO,
+GRPO and online DPO at one β each, aimed at ≤ 30 minutes on one H100. ``--offline`` times the same
 shapes (124 M parameters, 50,257-token vocabulary, 256-token SFT sequences, 48 sampled tokens) where the
 Hub is unreachable; its rewards mean nothing, its seconds do. The run folder keeps every stage, so a
 second call only reloads; use a fresh ``--out`` to time again.
@@ -20,9 +21,18 @@ import sys
 from pathlib import Path
 
 from dpo_edu.cli import run_course
+from dpo_edu.presets import get_preset
 
-NOTEBOOKS = ["04_gpt2_preferences", "05_rlhf_vs_dpo"]
+NOTEBOOKS = ["04_gpt2_preferences", "05_rlhf_vs_dpo", "06_after_dpo"]
 OFFLINE = {"model.random_init": True, "ground_truth.classifier": "tfidf"}
+
+
+def whole_sweeps(preset: str) -> dict:
+    """Overrides that give notebook 05 the preset's whole DPO and PPO sweeps and Best-of-N (its own
+    SWEEP = False trains the middle two); notebook 06 reads them back."""
+    frontier = get_preset(preset, verbose=False).frontier
+    return {f"frontier.{name}": list(getattr(frontier, name))
+            for name in ("dpo_betas", "ppo_targets", "best_of_n")}
 
 
 def stage_rows(out: Path) -> list[dict]:
@@ -68,12 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA GPU visible)"
     if args.preset == "gpt2" and not torch.cuda.is_available():
         sys.exit("the gpt2 preset wants a CUDA GPU; for a dry run on a CPU use --preset ci --offline")
-    summary = run_course(args.preset, args.out, NOTEBOOKS, overrides=OFFLINE if args.offline else None)
+    overrides = {**whole_sweeps(args.preset), **(OFFLINE if args.offline else {})}
+    summary = run_course(args.preset, args.out, NOTEBOOKS, overrides=overrides)
     print(f"\n{args.preset}{' --offline (random init)' if args.offline else ''} on {device}, torch {torch.__version__}")
     rows = stage_rows(args.out)
     print(timing_table(rows))
     total = sum(entry["seconds"] for entry in summary["notebooks"].values())
-    print(f"{'total (notebooks 04 + 05)':<34}{total:>10,.1f}   = {total / 60:.1f} min")
+    print(f"{'total (notebooks 04–06)':<34}{total:>10,.1f}   = {total / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,10 @@ from dpo_edu.widgets import explore_study
 base = get_preset(PRESET, PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / base.name
 seeds = {"frontier.seeds": SEEDS, "frontier.seeds_by_method": []} if SEEDS else {}  # SEEDS: every method alike
-one_beta = {} if SWEEP else {f"frontier.{m}_betas": [getattr(base, m).beta] for m in ("rloo", "grpo", "online_dpo")}
-preset = get_preset(PRESET, {**one_beta, **seeds, **PRESET_OVERRIDES, "frontier.methods": METHODS},  # yours win
+# SWEEP = False: notebook 05's DPO and PPO settings (the middle two), and the preset's own β of each new method
+one_beta = {f"frontier.{m}_betas": [getattr(base, m).beta] for m in ("rloo", "grpo", "online_dpo")}
+sweeps = {} if SWEEP else {**study.middle_settings(base.frontier, keep=2), **one_beta}
+preset = get_preset(PRESET, {**sweeps, **seeds, **PRESET_OVERRIDES, "frontier.methods": METHODS},  # yours win
                     verbose=False)
 shipped = study.shipped_study("cpu")  # the whole cpu study, measured once and shipped in data/frontier/
 print(f"run folder: {run_dir}; methods {METHODS}; RLOO β {preset.frontier.rloo_betas}, GRPO β "
