@@ -137,8 +137,8 @@ def run_one(preset: Preset, run_dir, shared: Shared, setting: Setting, seed: int
         config = train_config(preset, setting, seed, len(shared.train_prompts))
         rm = None if setting.method == "PPO-GT" else shared.reward_model
         return runs.online_run(preset, run_dir, shared.ref, shared.reward, shared.prompts,
-                            shared.train_prompts, config, folder, label, reward_model=rm,
-                            callback=callback)
+                               shared.train_prompts, config, folder, label, reward_model=rm,
+                               callback=callback)
     config = train_config(preset, setting, seed, len(shared.pairs.train))
     return runs.offline_run(preset, run_dir, shared.ref, shared.pairs, shared.reward,
                             shared.prompts, config, folder, label, callback=callback)

@@ -1,4 +1,4 @@
-"""The training loop every trainer shares: SFT, the reward model, DPO and PPO.
+"""The training loop every trainer shares: SFT, the reward model, DPO, PPO and those after them.
 
 A trainer supplies one ``step(batch, optimizer) -> metrics``; ``train_loop`` seeds, batches,
 checks, logs, evaluates, calls back and checkpoints the same way for all. One AdamW update (DPO
