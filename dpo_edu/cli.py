@@ -4,6 +4,10 @@
                 [NOTEBOOK ...]
         execute the notebooks (all, or those named) headless with papermill into a run folder and
         write summary.json of every recorded value; --set replaces a preset field (dotted name);
+    dpo-edu frontier [--preset ci|cpu|gpt2] [--out FOLDER] [--methods A,B] [--seeds N] [--workers N]
+                     [--json FILE] [--set SECTION.FIELD=VALUE ...]
+        the reward–KL frontier study: every method × setting × seed, resumable, and its matched-KL
+        table with 95 % intervals (frontier.json, frontier.png);
     dpo-edu check
         report the environment: torch, device, Hub reachability, the preset ``auto`` would pick;
     dpo-edu student [--out FOLDER] [--no-run-tests]
@@ -47,6 +51,18 @@ def course_notebooks(names: list[str] | None = None) -> list[Path]:
     return chosen
 
 
+def make_folder(out: Path, flag: str = "--out") -> Path:
+    """``out`` created (parents too), or a one-line error saying why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"{flag} {out}: this is a file, not a folder; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        why = error.strerror or error
+        raise SystemExit(f"{flag} {out}: cannot create the folder ({why})") from None
+    return out
+
+
 def preset_overrides(assignments: list[str]) -> dict:
     """``["ppo.steps=8", "model.name='gpt2'"]`` → ``{"ppo.steps": 8, "model.name": "gpt2"}``."""
     overrides = {}
@@ -78,8 +94,8 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
         get_preset(preset, overrides, verbose=False)
     except ValueError as error:
         raise SystemExit(f"--set: {error}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    notebooks = course_notebooks(names)
+    notebooks = course_notebooks(names)  # an unknown name stops before anything is written
+    make_folder(out)
     summary = {"preset": preset, "overrides": overrides or {}, "notebooks": {}}
     for index, notebook in enumerate(notebooks, 1):
         print(f"[{index}/{len(notebooks)}] {notebook.name} (preset {preset})", flush=True)
@@ -122,12 +138,14 @@ def run_frontier(preset_name: str, out: Path, overrides: dict, seed: int = 0, wo
         preset = get_preset(preset_name, overrides, verbose=False)
     except ValueError as error:
         raise SystemExit(f"dpo-edu frontier: {error}") from None
+    make_folder(out)
+    if json_path is not None:
+        make_folder(json_path.parent, "--json")
     start = time.perf_counter()
     result = study.run_study(preset, out, seed=seed, workers=workers)
     shipped = study.study_json(result, preset, command)
     shipped["seconds"] = round(time.perf_counter() - start, 1)
     json_path = json_path or out / "frontier.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(shipped, indent=1, ensure_ascii=False))
     plots.plot_study(shipped).savefig(out / "frontier.png", dpi=120)
     print("\n".join(study.table_lines(shipped["table"])))

@@ -108,3 +108,29 @@ def test_run_passes_overrides_into_the_notebook(tmp_path):
     assert summary["overrides"] == {"toy.steps": 2}
     records = summary["notebooks"]["02_optimal_policy"]["records"]
     assert records["ascent_max_abs_error"] > 1e-2  # the ci preset's own steps reach ~5e-6
+
+
+def test_an_unknown_notebook_stops_before_the_run_folder_is_made(tmp_path, no_notebook_runs):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="no notebook matches '07'"):
+        cli.main(["run", "--preset", "ci", "--out", str(out), "07"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["run", "frontier"])
+def test_an_out_that_cannot_be_a_folder_is_one_line_naming_it(tmp_path, no_notebook_runs, command):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(SystemExit, match=re.escape(f"--out {a_file}: this is a file, not a folder")):
+        cli.main([command, "--preset", "ci", "--out", str(a_file)])
+    with pytest.raises(SystemExit, match=re.escape(f"--out {a_file / 'run'}: cannot create the folder (")):
+        cli.main([command, "--preset", "ci", "--out", str(a_file / "run")])
+    assert a_file.read_text() == "mine"  # nothing lost
+
+
+def test_python_dash_m_dpo_edu_is_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dpo_edu", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: dpo-edu" in done.stdout and "frontier" in done.stdout
