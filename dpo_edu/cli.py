@@ -110,10 +110,15 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
             parameters["PRESET_OVERRIDES"] = overrides
         executed = out / notebook.name
         start = time.perf_counter()
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR),
-            progress_bar=True
-        )
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR),
+                progress_bar=True
+            )
+        except papermill.PapermillExecutionError as error:  # the cause first, not a page of frames
+            raise SystemExit(f"{notebook.name} stopped in cell [{error.exec_count}]: "
+                             f"{error.ename}: {error.evalue}\n(the whole traceback: {executed})"
+                             ) from None
         seconds = time.perf_counter() - start
         summary["notebooks"][notebook.stem] = {"seconds": round(seconds, 1),
                                                "records": read_records(executed)}

@@ -134,3 +134,26 @@ def test_python_dash_m_dpo_edu_is_the_command():
 
     done = subprocess.run([sys.executable, "-m", "dpo_edu", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "usage: dpo-edu" in done.stdout and "frontier" in done.stdout
+
+
+def test_a_failing_notebook_reports_its_cause_first(tmp_path, monkeypatch):
+    """The offline `gpt2` message (or any error) is the line the user sees, not the end of a page of frames."""
+    import nbformat
+
+    course = tmp_path / "notebooks"
+    course.mkdir()
+    cells = [nbformat.v4.new_code_cell("PRESET = 'ci'", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("raise OSError(\"cannot load 'gpt2': the Hugging Face Hub is unreachable\")")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3",
+                                                                                  "language": "python",
+                                                                                  "display_name": "Python 3"}}),
+                   course / "01_fails.ipynb")
+    monkeypatch.setattr(cli, "NOTEBOOK_DIR", course)
+    with pytest.raises(SystemExit) as stopped:
+        cli.run_course("ci", tmp_path / "run", ["01"])
+    first, second = str(stopped.value).splitlines()
+    # cell [3] of the executed notebook: papermill's injected parameters are cell [2]
+    assert first == ("01_fails.ipynb stopped in cell [3]: OSError: cannot load 'gpt2': the Hugging Face Hub is "
+                     "unreachable")
+    assert second == f"(the whole traceback: {tmp_path / 'run' / '01_fails.ipynb'})"
+    assert (tmp_path / "run" / "01_fails.ipynb").is_file()
