@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -248,14 +249,24 @@ def make_prompts(texts: Iterable[str], tokenizer: Any, min_tokens: int = 2, max_
 
 
 def save_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """One JSON object per line, UTF-8 (non-ASCII written as is); parent folders are created."""
+    """One JSON object per line, UTF-8 (non-ASCII written as is); parent folders are created.
+
+    Written beside ``path`` and renamed onto it at the end: a row that cannot be written (or an
+    interrupted save) leaves the old file as it was, and no partial one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise ValueError(f"row {i} is a {type(row).__name__}, not a dict")
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for i, row in enumerate(rows):
+                if not isinstance(row, dict):
+                    raise ValueError(f"row {i} is a {type(row).__name__}, not a dict")
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
     return path
 
 

@@ -266,6 +266,18 @@ def test_jsonl_round_trip_is_exact(tmp_path):
     assert "génial ✨" in path.read_text(encoding="utf-8")  # written as UTF-8, not \u escapes
 
 
+def test_a_failed_save_leaves_the_old_file_as_it_was(tmp_path):
+    """Issue 15, item 3: a row that cannot be written (here a set, then a non-dict) loses nothing."""
+    path = save_jsonl(ROWS, tmp_path / "pairs.jsonl")
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        save_jsonl([ROWS[0], {"prompt": {"a", "set"}}], path)
+    with pytest.raises(ValueError, match="row 1 is a list, not a dict"):
+        save_jsonl([ROWS[0], [1, 2]], path)
+    assert path.read_bytes() == before and load_jsonl(path) == ROWS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]  # no temporary file left behind
+
+
 def test_load_jsonl_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n\n" + '{"prompt": "x", \n' + json.dumps(ROWS[1]) + "\n")
