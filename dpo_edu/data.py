@@ -248,26 +248,32 @@ def make_prompts(texts: Iterable[str], tokenizer: Any, min_tokens: int = 2, max_
     return prompts, report
 
 
-def save_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """One JSON object per line, UTF-8 (non-ASCII written as is); parent folders are created.
-
-    Written beside ``path`` and renamed onto it at the end: a row that cannot be written (or an
-    interrupted save) leaves the old file as it was, and no partial one.
-    """
+def write_atomically(path: str | Path, write: Callable[[Any], None]) -> Path:
+    """``write(f)`` into a text file beside ``path``, then renamed onto it: a failed or interrupted
+    write leaves any old file as it was, and no partial one. Parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            for i, row in enumerate(rows):
-                if not isinstance(row, dict):
-                    raise ValueError(f"row {i} is a {type(row).__name__}, not a dict")
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write(f)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
     return path
+
+
+def save_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """One JSON object per line, UTF-8 (non-ASCII written as is), written atomically."""
+
+    def write(f) -> None:
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(f"row {i} is a {type(row).__name__}, not a dict")
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    return write_atomically(path, write)
 
 
 def load_jsonl(path: str | Path) -> list[dict]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from .data import write_atomically
 
 SETTINGS = "settings.json"  # a finished stage
 BUILDING = "building.json"  # a stage being built, with these settings
@@ -40,9 +41,7 @@ def _read(path: Path) -> dict | None:
 
 
 def _write(path: Path, settings: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+    write_atomically(path, lambda f: f.write(json.dumps(settings, indent=1, sort_keys=True)))
 
 
 def _flat(settings: dict, prefix: str = "") -> dict:
