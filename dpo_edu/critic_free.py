@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .kl import k3
 from .losses import masked_mean
 from .models import chunked_logps, response_logps
 from .reward_model import score_samples
@@ -145,12 +146,6 @@ def rloo_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor
     loss = -torch.minimum(ratio * advantages, clipped * advantages).mean()
     return loss, {"policy/clipfrac": (clipped * advantages < ratio * advantages).float()
                   .mean().item()}
-
-
-def k3(logps: Tensor, ref_logps: Tensor) -> Tensor:
-    """Schulman's k3 per token: π_ref/π_θ − log(π_ref/π_θ) − 1 ≥ 0, unbiased for KL(π_θ ‖ π_ref)."""
-    log_ratio = ref_logps - logps
-    return torch.exp(log_ratio) - log_ratio - 1
 
 
 def grpo_loss(logps: Tensor, old_logps: Tensor, ref_logps: Tensor, advantages: Tensor,

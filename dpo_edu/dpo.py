@@ -34,6 +34,7 @@ class DPOConfig(TrainConfig):
     beta: float = 0.1  # β of Eq. 7, weight of KL(π ‖ π_ref); notebook 05 sweeps frontier.dpo_betas
     loss_type: str = "sigmoid"  # "sigmoid" (Eq. 7), "ipo" (length-normalised, as TRL) or "hinge"
     label_smoothing: float = 0.0  # cDPO's ε: each label flipped with probability ε (sigmoid)
+    rpo_alpha: float = 0.0  # α of an SFT term on the chosen responses, α · NLL(y_w) (TRL's RPO)
     max_length: int = 64  # tokens per row, prompt + response + EOS; longer rows lose their end
     append_eos: str = "auto"  # EOS after a response: "ended" (where π_ref emitted it), "always"
     # (TRL's), "never"; "auto": "ended" when the records carry chosen_ended, else "always"
@@ -52,6 +53,8 @@ class DPOConfig(TrainConfig):
         if smoothing and self.loss_type != "sigmoid":
             raise ValueError(f"label_smoothing (cDPO) applies to loss_type 'sigmoid' only, not "
                              f"{self.loss_type!r}")
+        if not (isinstance(self.rpo_alpha, (int, float)) and 0.0 <= self.rpo_alpha < math.inf):
+            raise ValueError(f"rpo_alpha must be a finite number ≥ 0, got {self.rpo_alpha!r}")
         check_int("max_length", self.max_length, 2)  # a prompt token and a response token at least
         if self.append_eos not in EOS_RULES:
             raise ValueError(f"append_eos must be one of {EOS_RULES}, got {self.append_eos!r}")
@@ -204,7 +207,9 @@ def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_re
                     ) -> tuple[Tensor, dict]:
     """The configured loss of summed log-probs, and TRL's metrics.
 
-    The logged rewards are β × the summed log-ratios, for every loss type.
+    The logged rewards are β × the summed log-ratios, for every loss type. With ``rpo_alpha`` α,
+    α · NLL(y_w) is added, NLL = −Σ log π(y_w) / Σ |y_w| over the batch (Pang et al., 2024):
+    an SFT term that holds up log π(y_w), which DPO alone may lower (``displacement.py``).
     """
     # sigmoid (Eq. 7), cDPO or hinge on the summed log-ratios
     loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta,
@@ -213,6 +218,9 @@ def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_re
         n_w, n_l = chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1)  # (a − b)/n = a/n − b/n
         loss, _ = dpo_loss(chosen / n_w, rejected / n_l, ref_chosen / n_w, ref_rejected / n_l,
                            config.beta, "ipo")
+    if config.rpo_alpha:
+        nll = -chosen.sum() / chosen_tokens.sum().clamp(min=1)  # per chosen token, as TRL
+        loss, metrics = loss + config.rpo_alpha * nll, {**metrics, "nll_loss": nll.item()}
     return loss, metrics
 
 

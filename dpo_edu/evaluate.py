@@ -15,25 +15,21 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .models import encode_pairs, load_policy, response_logps
+from .kl import token_kl
+from .models import encode_pairs, load_policy
 from .reward_model import score as reward_model_score
 from .sampling import Generation, generate
 from .validate import check_int
 
 
-@torch.no_grad()
 def sequence_kl(policy, ref_model, batch: dict[str, Tensor],
                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """(exact per-token KL summed over the response, sampled log-ratio) per row.
+    """(exact per-token KL summed over the response, sampled log-ratio k1) per row, on the CPU.
 
     ``batch`` is an ``encode_pairs`` batch.
     """
-    p = response_logps(policy, batch, temperature, dists=True)
-    q = response_logps(ref_model, batch, temperature, dists=True)
-    # (N,): the KL at each token
-    exact = (p.dists.exp() * (p.dists - q.dists.to(p.dists.device))).sum(-1)
-    per_row = torch.zeros(p.mask.shape, device=exact.device).masked_scatter(p.mask, exact)
-    return per_row.sum(-1).cpu(), (p.logps - q.logps.to(p.logps.device)).sum(-1).cpu()
+    estimates = token_kl(policy, ref_model, batch, temperature)
+    return estimates.sequence("exact"), estimates.sequence("k1")
 
 
 @torch.no_grad()
@@ -121,3 +117,17 @@ def make_eval_fn(policy, tokenizer, prompts: Sequence[str] | dict[str, Sequence[
 
     eval_fn.samples = []
     return eval_fn
+
+
+def distinct_n(responses: Sequence[Sequence[int]], n: int = 2) -> float:
+    """Mean over responses of distinct n-grams / n-grams, in tokens: 1 when no n-gram repeats
+    within a response, near 1/len for one that loops on a token ("great great great …")."""
+    check_int("n", n, 1)
+    ratios = []
+    for tokens in responses:
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        if grams:
+            ratios.append(len(set(grams)) / len(grams))
+    if not ratios:
+        raise ValueError(f"no response has {n} tokens: distinct-{n} is undefined")
+    return sum(ratios) / len(ratios)

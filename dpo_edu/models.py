@@ -278,6 +278,18 @@ class TokenLogps(NamedTuple):
         return self.logps.sum(-1)
 
 
+def response_states(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(states, scored)``: the last hidden state h(x, y_<t) that predicts each response token,
+    (N, H) in row order, and the (B, L − 1) bool mask of where they sit (``TokenLogps.mask``)."""
+    device = model.get_input_embeddings().weight.device
+    ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    # (B, L, H): the last hidden state at every position
+    hidden = model.base_model(input_ids=ids, attention_mask=attention,
+                              position_ids=position_ids_from_mask(attention)).last_hidden_state
+    scored = batch["response_mask"].to(device)[:, 1:].bool()  # the state at t predicts t + 1
+    return hidden[:, :-1][scored], scored  # (N, H), N response tokens in the batch
+
+
 def response_logps(model, batch: dict[str, Tensor], temperature: float = 1.0, value_head=None,
                    entropy: bool = False, dists: bool = False) -> TokenLogps:
     """log π_T(y_t | x, y_<t) of each response token of an ``encode_pairs``-style batch, in float32.
@@ -294,13 +306,8 @@ def response_logps(model, batch: dict[str, Tensor], temperature: float = 1.0, va
                          "of a row")
     if (response.bool() & ~attention.bool()).any():
         raise ValueError("response_mask marks tokens that attention_mask hides")
-    device = model.get_input_embeddings().weight.device
-    ids, attention, response = ids.to(device), attention.to(device), response.to(device)
-    # (B, L, H): the last hidden state at every position
-    hidden = model.base_model(input_ids=ids, attention_mask=attention,
-                              position_ids=position_ids_from_mask(attention)).last_hidden_state
-    scored = response[:, 1:].bool()  # (B, L − 1): the boundary, the state at t predicts t + 1
-    states = hidden[:, :-1][scored]  # (N, H), N response tokens in the batch
+    states, scored = response_states(model, batch)
+    device, ids = states.device, ids.to(states.device)
     # float32: a 50k-token log-softmax in bfloat16 keeps ~3 digits, too few for DPO's log-ratios
     logits = (model.get_output_embeddings()(states).float()
               / check_positive("temperature", temperature))

@@ -272,3 +272,38 @@ def plot_overoptimisation(runs: list[dict]) -> Figure:
     axes[1].set(xlabel="KL(π ‖ π_ref)", ylabel="reward model's score r_φ", title="what PPO climbs")
     axes[1].legend(fontsize=7)
     return fig
+
+
+def plot_displacement(steps, chosen, rejected, ches=None) -> Figure:
+    """Likelihood displacement (notebook 07): each tracked pair's change of log π(y_w) and
+    log π(y_l) since π_ref, (evaluations × pairs) arrays, thin, with their mean; with ``ches``
+    (pairs,), a third panel of CHES against the final change of log π(y_w)."""
+    chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
+    fig, axes = _figure(ncols=2 if ches is None else 3, width=4.0, height=3.2)
+    for ax, values, name in zip(axes, (chosen, rejected), ("y_w (chosen)", "y_l (rejected)")):
+        ax.plot(steps, values, color="grey", lw=0.5, alpha=0.3)
+        ax.plot(steps, values.mean(1), color="C0" if name[2] == "w" else "C3", lw=2, label="mean")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xlabel="DPO step", ylabel=f"log π({name[:3]}) − log π_ref({name[:3]})",
+               title=f"{name}: {np.mean(values[-1] < 0):.0%} fell")
+        ax.legend(fontsize=7)
+    if ches is not None:
+        axes[2].scatter(ches, chosen[-1], s=6, alpha=0.5)
+        axes[2].axhline(0, color="k", lw=0.8)
+        axes[2].set(xlabel="CHES under π_ref", ylabel="final change of log π(y_w)",
+                    title="a predictor, before training")
+    return fig
+
+
+def plot_kl_estimators(estimates: dict, exact_mean: float) -> Figure:
+    """Histograms of per-sequence KL estimates (name → values), the exact KL's mean marked."""
+    fig, axes = _figure(ncols=len(estimates), width=3.2, height=2.8)
+    for ax, (name, values) in zip(axes, estimates.items()):
+        values = np.asarray(values, dtype=float)
+        ax.hist(values, bins=30, color="C0", alpha=0.7)
+        ax.axvline(exact_mean, color="k", lw=1.5, label=f"KL {exact_mean:.2f}")
+        ax.axvline(values.mean(), color="C3", ls="--", label=f"mean {values.mean():.2f}")
+        ax.set(xlabel=f"{name} summed over a response", ylabel="samples", title=name)
+        ax.legend(fontsize=7)
+    return fig
+

@@ -55,7 +55,7 @@ def eval_splits(preset: Preset, tokenizer, seed: int = 0) -> dict[str, list[str]
     return {"select": prompts[: config.select_prompts], "report": prompts[config.select_prompts :]}
 
 
-def _evaluator(preset: Preset, policy, tokenizer, prompts: dict, reward, ref, seed: int,
+def evaluator(preset: Preset, policy, tokenizer, prompts: dict, reward, ref, seed: int,
                reward_model=None):
     """The ``eval_fn`` of every run: the frontier's samples per prompt on both sets, one batch."""
     rows = preset.frontier.samples_per_prompt * max(map(len, prompts.values()))
@@ -78,7 +78,7 @@ def reference_eval(preset: Preset, run_dir, ref: Reference, reward, prompts: dic
                 "seed": seed}
 
     def build(folder: Path) -> None:
-        evaluate = _evaluator(preset, ref.policy, ref.tokenizer, prompts, reward, ref.policy, seed)
+        evaluate = evaluator(preset, ref.policy, ref.tokenizer, prompts, reward, ref.policy, seed)
         with CostMeter(ref.policy) as cost:
             row = {"step": 0, **evaluate()}
         save_trained(folder, [row], cost, evaluate.samples)
@@ -125,7 +125,7 @@ def offline_run(preset: Preset, run_dir, ref: Reference, pairs: Pairs, reward, p
         load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
         policy = models.load_policy(ref.stage.folder, **load)
         # π_ref is read from its folder at each evaluation: no second model in memory while training
-        evaluate = _evaluator(preset, policy, ref.tokenizer, prompts, reward, ref.stage.folder,
+        evaluate = evaluator(preset, policy, ref.tokenizer, prompts, reward, ref.stage.folder,
                               config.seed)
         with CostMeter(policy) as cost:
             train = dict(callback=callback, eval_fn=_uncounted(evaluate, cost),
@@ -170,7 +170,7 @@ def online_run(preset: Preset, run_dir, ref: Reference, reward, prompts: dict,
         load = dict(tokenizer=ref.tokenizer, device=preset.model.device, dtype=preset.model.dtype)
         policy, ref_model = (models.load_policy(ref.stage.folder, **load) for _ in range(2))
         score = reward if ground_truth else reward_model.model
-        evaluate = _evaluator(preset, policy, ref.tokenizer, prompts, reward, ref_model.eval(),
+        evaluate = evaluator(preset, policy, ref.tokenizer, prompts, reward, ref_model.eval(),
                               config.seed, None if ground_truth else reward_model.model)
         with CostMeter(policy, ref_model, *([] if ground_truth else [score])) as cost:
             _, metrics = trainer(policy, ref_model, ref.tokenizer, train_prompts, score, config,

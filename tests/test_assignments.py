@@ -123,8 +123,8 @@ def graded(built, zips, tmp_path_factory):
             return {key: future.result() for key, future in futures.items()}
 
 
-def test_four_assignments():
-    assert NAMES == ["bradley_terry", "dpo_loss", "group_advantages", "ppo_pieces"]
+def test_six_assignments():
+    assert NAMES == ["bradley_terry", "dpo_loss", "group_advantages", "kl_estimators", "masking_padding", "ppo_pieces"]
 
 
 def test_student_prints_what_it_wrote(built, zips):

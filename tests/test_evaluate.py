@@ -186,3 +186,14 @@ def test_eval_fn_reports_the_report_set_and_every_sets_prompts(tiny_lm, one_thre
     assert eval_fn.samples == samples
     with pytest.raises(ValueError, match="'report' set"):
         evaluate.make_eval_fn(policy, tokenizer, {"select": PROMPTS}, _count_e, ref, generation)
+
+
+def test_distinct_n_counts_repeated_token_n_grams():
+    from dpo_edu.evaluate import distinct_n
+
+    assert distinct_n([[1, 2, 3, 4]]) == 1.0  # no bigram repeats
+    assert distinct_n([[7, 7, 7, 7]]) == pytest.approx(1 / 3)  # (7, 7) three times: a loop
+    assert distinct_n([[7, 7, 7, 7], [1, 2, 3, 4], [5]], n=2) == pytest.approx((1 / 3 + 1) / 2)  # [5]: no bigram
+    assert distinct_n([[1, 2, 1, 2, 1]], n=1) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="no response has 3 tokens"):
+        distinct_n([[1, 2], [3]], n=3)

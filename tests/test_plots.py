@@ -138,3 +138,21 @@ def test_overoptimisation_plots_truth_and_reward_model_score_along_the_kl():
     truth, score = (ax.lines[0].get_xydata() for ax in fig.axes)
     np.testing.assert_allclose(truth, [[1.5, 0.6], [3.5, 0.55]])  # the two seeds averaged at each step
     np.testing.assert_allclose(score, [[1.5, 0.1], [3.5, 0.9]])
+
+
+def test_displacement_draws_every_pair_its_mean_and_the_predictor():
+    chosen = np.array([[0.0, 0.0, 0.0], [-1.0, 0.5, -2.0]])  # (evaluations, pairs)
+    rejected = np.array([[0.0, 0.0, 0.0], [-3.0, -1.0, -4.0]])
+    fig = plots.plot_displacement([0, 10], chosen, rejected, ches=[1.0, -1.0, 2.0])
+    assert len(fig.axes) == 3
+    mean = [line for line in fig.axes[0].lines if line.get_label() == "mean"][0]
+    np.testing.assert_allclose(mean.get_ydata(), [0.0, -2.5 / 3])
+    assert "67% fell" in fig.axes[0].get_title() and "100% fell" in fig.axes[1].get_title()
+    np.testing.assert_allclose(fig.axes[2].collections[0].get_offsets(), [[1.0, -1.0], [-1.0, 0.5], [2.0, -2.0]])
+    assert len(plots.plot_displacement([0, 10], chosen, rejected).axes) == 2
+
+
+def test_kl_estimators_histograms_mark_the_exact_mean_and_each_mean():
+    fig = plots.plot_kl_estimators({"k1": [1.0, -1.0, 3.0], "k3": [0.5, 1.5, 1.0]}, exact_mean=1.0)
+    assert [ax.get_title() for ax in fig.axes] == ["k1", "k3"]
+    assert [line.get_xdata()[0] for line in fig.axes[0].lines] == [1.0, 1.0]  # the KL, then k1's mean
