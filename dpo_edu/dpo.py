@@ -207,9 +207,7 @@ def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_re
                     ) -> tuple[Tensor, dict]:
     """The configured loss of summed log-probs, and TRL's metrics.
 
-    The logged rewards are β × the summed log-ratios, for every loss type. With ``rpo_alpha`` α,
-    α · NLL(y_w) is added, NLL = −Σ log π(y_w) / Σ |y_w| over the batch (Pang et al., 2024):
-    an SFT term that holds up log π(y_w), which DPO alone may lower (``displacement.py``).
+    The logged rewards are β × the summed log-ratios, for every loss type.
     """
     # sigmoid (Eq. 7), cDPO or hinge on the summed log-ratios
     loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta,
@@ -218,10 +216,14 @@ def preference_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_re
         n_w, n_l = chosen_tokens.clamp(min=1), rejected_tokens.clamp(min=1)  # (a − b)/n = a/n − b/n
         loss, _ = dpo_loss(chosen / n_w, rejected / n_l, ref_chosen / n_w, ref_rejected / n_l,
                            config.beta, "ipo")
-    if config.rpo_alpha:
-        nll = -chosen.sum() / chosen_tokens.sum().clamp(min=1)  # per chosen token, as TRL
-        loss, metrics = loss + config.rpo_alpha * nll, {**metrics, "nll_loss": nll.item()}
     return loss, metrics
+
+
+def sft_term(chosen: Tensor, chosen_tokens: Tensor) -> Tensor:
+    """NLL(y_w) = −Σ log π(y_w) / Σ |y_w| over a batch, per chosen token as TRL: DPO's loss plus
+    α · NLL(y_w) is RPO (Pang et al., 2024; TRL's ``rpo_alpha``), an SFT term that holds up
+    log π(y_w), which DPO alone may lower (``displacement.py``)."""
+    return -chosen.sum() / chosen_tokens.sum().clamp(min=1)
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -247,7 +249,12 @@ def train_dpo(policy, tokenizer, pairs: Sequence[dict], config: DPOConfig | None
         ref_chosen = torch.tensor([row["ref_chosen_logps"] for row in batch], device=chosen.device)
         ref_rejected = torch.tensor([row["ref_rejected_logps"] for row in batch],
                                     device=chosen.device)
-        return preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l, config)
+        loss, metrics = preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l,
+                                        config)
+        if config.rpo_alpha:  # L_DPO + α · NLL(y_w)
+            nll = sft_term(chosen, n_w)
+            loss, metrics = loss + config.rpo_alpha * nll, {**metrics, "nll_loss": nll.item()}
+        return loss, metrics
 
     metrics = train_loop(policy, rows, minimize(loss_fn, config.grad_accum_steps), config,
                          callback=callback, checkpoint_dir=checkpoint_dir, eval_fn=eval_fn,

@@ -112,8 +112,8 @@ def test_run_passes_overrides_into_the_notebook(tmp_path):
 
 def test_an_unknown_notebook_stops_before_the_run_folder_is_made(tmp_path, no_notebook_runs):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match="no notebook matches '07'"):
-        cli.main(["run", "--preset", "ci", "--out", str(out), "07"])
+    with pytest.raises(SystemExit, match="no notebook matches '08'"):
+        cli.main(["run", "--preset", "ci", "--out", str(out), "08"])
     assert not out.exists()
 
 

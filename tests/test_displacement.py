@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dpo_edu import displacement, dpo
-from dpo_edu.dpo import DPOConfig, preference_loss
+from dpo_edu.dpo import DPOConfig
 
 
 def _rows(tokenizer):
@@ -51,14 +51,9 @@ def test_no_rows_is_an_error(tiny_lm):
         displacement.response_embeddings(tiny_lm[0], tiny_lm[1], [])
 
 
-def test_rpo_alpha_adds_the_nll_of_the_chosen_tokens():
-    chosen, rejected = torch.tensor([-10.0, -4.0]), torch.tensor([-12.0, -3.0])
-    ref_chosen, ref_rejected = torch.tensor([-11.0, -5.0]), torch.tensor([-11.0, -4.0])
-    tokens = (torch.tensor([5, 2]), torch.tensor([6, 3]))
-    plain, _ = preference_loss(chosen, rejected, ref_chosen, ref_rejected, *tokens, DPOConfig())
-    loss, metrics = preference_loss(chosen, rejected, ref_chosen, ref_rejected, *tokens, DPOConfig(rpo_alpha=0.5))
-    assert metrics["nll_loss"] == pytest.approx(14 / 7)  # −Σ log π(y_w) / Σ |y_w|
-    assert loss.item() == pytest.approx(plain.item() + 0.5 * 14 / 7)
+def test_the_sft_term_is_the_nll_per_chosen_token_and_rpo_alpha_is_checked():
+    chosen, tokens = torch.tensor([-10.0, -4.0]), torch.tensor([5, 2])
+    assert dpo.sft_term(chosen, tokens).item() == pytest.approx(14 / 7)  # −Σ log π(y_w) / Σ |y_w|
     for bad in (-0.1, float("inf"), "1"):
         with pytest.raises(ValueError, match="rpo_alpha"):
             dataclasses.replace(DPOConfig(), rpo_alpha=bad)
@@ -70,11 +65,14 @@ def test_the_sft_term_raises_log_pi_of_the_chosen(tiny_lm):
     config = DPOConfig(lr=1e-2, batch_size=8, steps=6, progress=False, append_eos="always")
     prepared, _ = dpo.precompute_reference_logps(policy, tokenizer, pairs, config)
     rows, _ = dpo.tokenize_pairs(tokenizer, pairs, config.max_length, config.append_eos)
-    change = {}
+    change, logged = {}, {}
     for alpha in (0.0, 5.0):
         trained = copy.deepcopy(policy)
-        dpo.train_dpo(trained, tokenizer, prepared, dataclasses.replace(config, rpo_alpha=alpha))
+        _, logged[alpha] = dpo.train_dpo(trained, tokenizer, prepared, dataclasses.replace(config, rpo_alpha=alpha))
         with torch.no_grad():
             after = dpo.pair_logps(trained.eval(), tokenizer, rows)[0]
         change[alpha] = (after - torch.tensor([p["ref_chosen_logps"] for p in prepared])).mean().item()
     assert change[5.0] > change[0.0] and change[5.0] > 0
+    assert "nll_loss" in logged[5.0][0] and "nll_loss" not in logged[0.0][0]
+    # the loss logged is DPO's plus α · NLL: at step 1 both runs start from π_ref, where DPO's loss is log 2
+    assert logged[5.0][0]["loss"] == pytest.approx(logged[0.0][0]["loss"] + 5.0 * logged[5.0][0]["nll_loss"], rel=1e-5)
