@@ -15,6 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .data import write_atomically
+
 STATE_FILE = "trainer_state.pt"  # written last: its presence marks a complete checkpoint
 METRICS_FILE = "metrics.jsonl"
 
@@ -24,10 +26,7 @@ METRICS_FILE = "metrics.jsonl"
 
 def save_metrics(metrics: Sequence[dict], path) -> Path:
     """One JSON object per step; Python floats round-trip exactly (NaN is written as ``NaN``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in metrics), encoding="utf-8")
-    return path
+    return write_atomically(path, lambda f: f.writelines(json.dumps(row) + "\n" for row in metrics))
 
 
 def load_metrics(path) -> list[dict]:
@@ -77,8 +76,17 @@ def load_checkpoint(path, model: nn.Module, optimizer, settings: dict | None = N
     """Restore a checkpoint in place (``state`` updated too); returns ``(step, metrics)``.
     With ``settings``, refuses one saved under other settings."""
     path = Path(path)
-    # our own file (RNG states are Python objects); tensors move to their parameters when loaded
-    saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    # our own file (RNG states are Python objects); tensors move to their parameters when loaded.
+    # Both files are read before anything is restored: a damaged one changes nothing.
+    try:
+        saved = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        metrics = load_metrics(path / METRICS_FILE)
+    except Exception as error:  # truncated or corrupt: torch, zip, pickle and JSON errors alike
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read "
+                                f"({type(error).__name__}: {error})") from error
+    if len(metrics) != saved["step"]:  # one row a step: a metrics file cut at a line boundary
+        raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({METRICS_FILE} holds "
+                                f"{len(metrics)} rows for step {saved['step']})")
     then = saved["settings"]
     if settings is not None and then is not None:
         changed = sorted(k for k in set(settings) | set(then) if settings.get(k) != then.get(k))
@@ -94,4 +102,27 @@ def load_checkpoint(path, model: nn.Module, optimizer, settings: dict | None = N
     torch.set_rng_state(saved["rng"]["torch"])
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    return saved["step"], load_metrics(path / METRICS_FILE)
+    return saved["step"], metrics
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint whose files cannot be read (a disk filled up, a copy cut short)."""
+
+
+def resume(checkpoint_dir, model: nn.Module, optimizer, settings: dict | None = None,
+           state: dict | None = None) -> tuple[int, list[dict], Path | None]:
+    """``(step, metrics, path)`` of the checkpoint in ``checkpoint_dir``, restored in place;
+    ``(0, [], None)`` when there is none. One that cannot be read is renamed ``NAME.corrupt``
+    (kept for a look, never read again), said so, and the run starts afresh."""
+    found = find_checkpoint(checkpoint_dir)
+    if found is None:
+        return 0, [], None
+    try:
+        step, metrics = load_checkpoint(found, model, optimizer, settings, state)
+    except CorruptCheckpoint as error:
+        aside = found.with_name(found.name + ".corrupt")
+        shutil.rmtree(aside, ignore_errors=True)
+        found.rename(aside)
+        print(f"{error}; set aside as {aside}; training starts from step 0")
+        return 0, [], None
+    return step, metrics, found

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 import time
 from pathlib import Path
 
 from .assignments import build_assignments
+from .data import save_json
 from .presets import METHODS
 from .record import read_records
+from .stages import events_since
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -81,10 +82,11 @@ def preset_overrides(assignments: list[str]) -> dict:
 
 
 def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int = 0,
-               overrides: dict | None = None) -> dict:
+               overrides: dict | None = None, cell_timeout: int | None = None) -> dict:
     """Execute notebooks into ``out``; returns (and writes to out/summary.json) records and timings.
 
-    ``overrides`` replace preset fields in every notebook (its ``PRESET_OVERRIDES`` parameter).
+    ``overrides`` replace preset fields in every notebook (its ``PRESET_OVERRIDES`` parameter);
+    ``cell_timeout`` (seconds) stops a cell that runs longer, as a hang.
     """
     import papermill
 
@@ -109,21 +111,23 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
                                  "--set cannot reach it")
             parameters["PRESET_OVERRIDES"] = overrides
         executed = out / notebook.name
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         try:
             papermill.execute_notebook(
                 str(notebook), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR),
-                progress_bar=True
+                progress_bar=True, execution_timeout=cell_timeout
             )
         except papermill.PapermillExecutionError as error:  # the cause first, not a page of frames
             raise SystemExit(f"{notebook.name} stopped in cell [{error.exec_count}]: "
                              f"{error.ename}: {error.evalue}\n(the whole traceback: {executed})"
                              ) from None
         seconds = time.perf_counter() - start
+        # which stages it built, resumed or reused: a resumed stage's cost counts the rest only
         summary["notebooks"][notebook.stem] = {"seconds": round(seconds, 1),
+                                               "stages": events_since(out, started_at),
                                                "records": read_records(executed)}
         print(f"    done in {seconds:.1f} s → {executed}", flush=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    save_json(summary, out / "summary.json", indent=2)
     print(f"\nwrote {out}:")
     for path in sorted(out.rglob("*")):
         if path.is_file():
@@ -151,7 +155,7 @@ def run_frontier(preset_name: str, out: Path, overrides: dict, seed: int = 0, wo
     shipped = study.study_json(result, preset, command)
     shipped["seconds"] = round(time.perf_counter() - start, 1)
     json_path = json_path or out / "frontier.json"
-    json_path.write_text(json.dumps(shipped, indent=1, ensure_ascii=False))
+    save_json(shipped, json_path)
     plots.plot_study(shipped).savefig(out / "frontier.png", dpi=120)
     print("\n".join(study.table_lines(shipped["table"])))
     print(f"\n{len(result.runs)} runs in {shipped['seconds']:.0f} s; wrote {json_path} and "

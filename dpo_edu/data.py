@@ -276,6 +276,12 @@ def save_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
     return write_atomically(path, write)
 
 
+def save_json(value, path: str | Path, indent: int | None = 1) -> Path:
+    """One JSON document, UTF-8 (non-ASCII written as is), written atomically."""
+    return write_atomically(path, lambda f: f.write(json.dumps(value, indent=indent,
+                                                               ensure_ascii=False)))
+
+
 def load_jsonl(path: str | Path) -> list[dict]:
     """Rows written by :func:`save_jsonl`; blank lines are ignored, a bad line names its number."""
     rows = []

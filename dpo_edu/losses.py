@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .validate import check_finite, check_positive, check_same_shape
+from .validate import check_finite, check_not_empty, check_positive, check_same_shape
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -30,8 +30,9 @@ def _check_loss_arguments(beta: float, loss_type: str, label_smoothing: float,
     The errors name the tensor.
     """
     check_same_shape(**logps)
+    check_not_empty(**logps)
     for name, tensor in logps.items():
-        check_finite(name, tensor.detach())
+        check_finite(name, tensor)
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     if not 0.0 <= label_smoothing < 0.5:
@@ -88,12 +89,16 @@ def dpo_gradient_weight(implicit_chosen: Tensor, implicit_rejected: Tensor) -> T
 
     large when the implicit reward orders the pair wrongly, small when it is already right.
     """
+    check_same_shape(implicit_chosen=implicit_chosen, implicit_rejected=implicit_rejected)
     return torch.sigmoid(implicit_rejected - implicit_chosen)
 
 
 def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
     """Reward-model loss −E log σ(r_φ(x, y_w) − r_φ(x, y_l))  (DPO paper, Eq. 2)."""
     check_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
+    check_not_empty(chosen_rewards=chosen_rewards)
+    check_finite("chosen_rewards", chosen_rewards)
+    check_finite("rejected_rewards", rejected_rewards)
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
 
 
@@ -119,6 +124,9 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
     Metrics: ``policy/clipfrac``, ``policy/approxkl`` (½ E_t[(log ρ_t)²]), ``val/ratio`` (E_t[ρ_t]).
     """
     check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    for name, tensor in (("logprobs", logprobs), ("old_logprobs", old_logprobs),
+                         ("advantages", advantages)):
+        check_finite(name, tensor, mask)  # where it counts: masked-out entries are ignored
     check_positive("cliprange", cliprange)
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)  # ρ_t
@@ -142,6 +150,8 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
     Metrics: ``val/clipfrac``, ``val/vpred`` (E_t[V_t]), ``val/error`` (E_t[(V_t − R_t)²]).
     """
     check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    for name, tensor in (("values", values), ("old_values", old_values), ("returns", returns)):
+        check_finite(name, tensor, mask)
     check_positive("cliprange_value", cliprange_value)
     # V^clip = V_old + clip(V − V_old, −ε_v, ε_v)
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)

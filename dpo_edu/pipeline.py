@@ -151,8 +151,7 @@ def preference_pairs(preset: Preset, run_dir, ref: Reference, reward: SentimentR
             ended=[r["ended"] for r in rows])
         data.save_jsonl(pairs, folder / "pairs.jsonl")
         data.save_jsonl(scored, folder / "scored.jsonl")
-        (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=1),
-                                             encoding="utf-8")
+        data.save_json(asdict(summary), folder / "summary.json")
 
     done = stage(run_dir / "pairs", labelling, label, "preference pairs")
     pairs = preferences.validate_pairs(data.load_jsonl(done.folder / "pairs.jsonl"))
@@ -178,7 +177,7 @@ def save_trained(folder: Path, metrics, cost, samples=None) -> None:
     if samples is not None:
         data.save_jsonl(samples, folder / SAMPLES)
     summary = cost.summary() if isinstance(cost, CostMeter) else cost
-    (folder / COST).write_text(json.dumps(summary))
+    data.save_json(summary, folder / COST, indent=None)
 
 
 def reward_model(preset: Preset, run_dir, ref: Reference, pairs: Pairs, seed: int = 0,

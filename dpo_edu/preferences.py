@@ -195,11 +195,10 @@ def eos_rule(pairs: Sequence[dict], append_eos: str) -> str:
 def pair_token_ids(tokenizer, pairs: Sequence[dict], append_eos: str = "auto"
                    ) -> list[tuple[list[int], list[int], list[int]]]:
     """``(prompt, chosen, rejected)`` token ids of each record, each response followed by EOS as
-    :func:`eos_rule` says; a record that is not one raises, naming its index."""
-    for i, pair in enumerate(pairs):
-        if not isinstance(pair, dict) or not all(k in pair for k in PAIR_FIELDS):
-            raise ValueError(f"pairs[{i}] must be a dict with 'prompt', 'chosen' and 'rejected', "
-                             f"got {pair!r}")
+    :func:`eos_rule` says. Every trainer reads pairs through here, so every one refuses what
+    :func:`validate_pairs` refuses (a missing, non-string or blank field, chosen == rejected),
+    naming the row and the field."""
+    validate_pairs(pairs)
     rule, eos = eos_rule(pairs, append_eos), [tokenizer.eos_token_id]
     out = []
     for i, pair in enumerate(pairs):

@@ -8,7 +8,6 @@ The head reads the last real token of prompt ⊕ response. Notes: docs/notes.md#
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data import save_json
 from .losses import bradley_terry_loss
 from .models import encode_pairs, load_local_or_hub, position_ids_from_mask, token_ids
 from .preferences import EOS_RULES, pair_token_ids
@@ -103,8 +103,8 @@ class RewardModel(nn.Module):
         self.backbone.save_pretrained(save_dir)
         save_file({"head.weight": self.head.weight.detach().contiguous().cpu(),
                    "offset": self.offset.cpu()}, str(save_dir / HEAD_FILE))
-        (save_dir / META_FILE).write_text(
-            json.dumps({"class": "dpo_edu.reward_model.RewardModel"}) + "\n")
+        save_json({"class": "dpo_edu.reward_model.RewardModel"}, save_dir / META_FILE,
+                  indent=None)
         return save_dir
 
     @classmethod
@@ -199,11 +199,25 @@ def score_samples(score_fn, tokenizer, samples) -> Tensor:
     return raw
 
 
+def fitting_pairs(model: RewardModel, tokenizer, pairs: Sequence[dict], append_eos: str
+                  ) -> list[tuple[list[int], list[int], list[int]]]:
+    """``pair_token_ids`` of the pairs; one longer than the model reads raises, naming it."""
+    tokenized = pair_token_ids(tokenizer, pairs, append_eos)
+    limit = getattr(model.config, "n_positions", None)
+    for i, (prompt, *responses) in enumerate(tokenized):
+        longest = len(prompt) + max(map(len, responses))
+        if limit is not None and longest > limit:
+            raise ValueError(f"pairs[{i}]: prompt + response is {longest} tokens, over the reward "
+                             f"model's n_positions ({limit}); shorten or filter such pairs "
+                             "(preferences.filter_pairs with tokenizer and max_tokens)")
+    return tokenized
+
+
 @torch.no_grad()
 def pair_scores(model: RewardModel, tokenizer, pairs: Sequence[dict], batch_size: int = 32,
                 append_eos: str = "auto") -> tuple[Tensor, Tensor]:
     """``(r(x, y_w), r(x, y_l))`` of preference records, read as training reads them."""
-    tokenized = pair_token_ids(tokenizer, pairs, append_eos)
+    tokenized = fitting_pairs(model, tokenizer, pairs, append_eos)
     if not tokenized:
         raise ValueError("pairs is empty: nothing to score")
     was_training = model.training
@@ -257,7 +271,7 @@ def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict],
     if not isinstance(model, RewardModel):
         raise ValueError(f"model must be a RewardModel (RewardModel.from_policy), "
                          f"got {type(model).__name__}")
-    tokenized = pair_token_ids(tokenizer, pairs, config.append_eos)
+    tokenized = fitting_pairs(model, tokenizer, pairs, config.append_eos)
 
     def loss_fn(rows):
         chosen, rejected = _pair_rewards(model, tokenizer, rows)

@@ -102,7 +102,7 @@ def reference_logps(preset: Preset, run_dir, ref: Reference, pairs: Pairs,
             prepared, _ = dpo.precompute_reference_logps(ref_model, ref.tokenizer, pairs.train,
                                                          config)
         data.save_jsonl(prepared, folder / "pairs.jsonl")
-        (folder / "cost.json").write_text(json.dumps(cost.summary()))
+        data.save_json(cost.summary(), folder / "cost.json", indent=None)
 
     done = stage(Path(run_dir) / "reference_logps" / fingerprint(settings)[:8], settings, build,
                  "π_ref's log-probs of the pairs")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from . import frontier, pipeline, runs
+from .data import save_json
 from .presets import Preset
 from .stages import changes
 
@@ -202,8 +203,7 @@ def _claim(preset: Preset, run_dir, seed: int) -> None:
             changed = ", ".join(changes(theirs, mine))
             raise ValueError(f"{run_dir} holds another study ({changed} differ): "
                              "use another folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(mine, indent=1))
+    save_json(mine, path)
 
 
 _WORKER: dict = {}
@@ -257,10 +257,7 @@ def study_json(study: Study, preset: Preset, command: str = "") -> dict:
 
 def save_study(study: Study, preset: Preset, path, command: str = "") -> Path:
     """``study_json`` written to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(study_json(study, preset, command), indent=1, ensure_ascii=False))
-    return path
+    return save_json(study_json(study, preset, command), path)
 
 
 

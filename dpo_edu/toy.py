@@ -70,6 +70,9 @@ def random_bandit(
 
 def log_partition(ref: Tensor, reward: Tensor, beta: float) -> Tensor:
     """log Z(x) = log Σ_y π_ref(y|x) exp(r(x, y)/β), one value per prompt."""
+    check_same_shape(ref=ref, reward=reward)
+    check_distribution("ref", ref)
+    check_finite("reward", reward)
     beta = check_positive("beta", beta)
     return torch.logsumexp(ref.log() + reward / beta, dim=-1)
 
@@ -89,6 +92,8 @@ def optimal_policy(ref: Tensor, reward: Tensor, beta: float) -> Tensor:
 def kl_divergence(policy: Tensor, ref: Tensor) -> Tensor:
     """KL(π ‖ π_ref)(x) = Σ_y π(y|x) log π(y|x)/π_ref(y|x), 0 log 0 = 0; one value per prompt."""
     check_same_shape(policy=policy, ref=ref)
+    check_distribution("policy", policy)
+    check_distribution("ref", ref)
     support = policy > 0
     # Take logs of 1 off the support: masking NaN terms afterwards would still send NaN gradients.
     log_policy = torch.where(support, policy, torch.ones_like(policy)).log()
@@ -100,6 +105,8 @@ def kl_divergence(policy: Tensor, ref: Tensor) -> Tensor:
 def expected_reward(policy: Tensor, reward: Tensor) -> Tensor:
     """E_{y~π(·|x)}[r(x, y)] = Σ_y π(y|x) r(x, y), one value per prompt."""
     check_same_shape(policy=policy, reward=reward)
+    check_distribution("policy", policy)
+    check_finite("reward", reward)
     return (policy * reward).sum(-1)
 
 
@@ -126,6 +133,8 @@ def reward_kl_curve(bandit: Bandit, betas: Tensor) -> tuple[Tensor, Tensor]:
 def implicit_reward(policy: Tensor, ref: Tensor, beta: float) -> Tensor:
     """DPO's implicit reward r̂(x, y) = β log π(y|x)/π_ref(y|x) (paper, Eq. 5 without β log Z)."""
     check_same_shape(policy=policy, ref=ref)
+    check_distribution("policy", policy)
+    check_distribution("ref", ref)
     beta = check_positive("beta", beta)
     return beta * (policy.log() - ref.log())
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
-from .validate import check_int, check_positive
+from .checkpoints import resume, save_checkpoint
+from .validate import NonFiniteError, check_int, check_positive
 
 SCHEDULES = ("constant", "linear")
 COSMETIC = ("log_every", "save_every", "progress")  # config fields that change no number
@@ -196,15 +196,28 @@ def iterate_batches(items: Sequence, batch_size: int, seed: int = 0, start_step:
         step += 1
 
 
+def _where(batch: Batch) -> str:
+    rows = ", ".join(map(str, batch.rows[:8])) + (", …" if len(batch.rows) > 8 else "")
+    return (f"at step {batch.step + 1} (epoch {batch.epoch}, batch {batch.index}, rows [{rows}]): "
+            "lower the learning rate, keep grad_clip on, or inspect those rows")
+
+
 def check_finite_loss(loss: Tensor | float, batch: Batch, name: str = "loss") -> None:
     """Raise ``FloatingPointError`` naming the step and the batch when ``loss`` is NaN or ±inf."""
     value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
     if not torch.isfinite(value).all():
-        rows = ", ".join(map(str, batch.rows[:8])) + (", …" if len(batch.rows) > 8 else "")
-        raise FloatingPointError(
-            f"{name} is {value.item()} at step {batch.step + 1} (epoch {batch.epoch}, batch "
-            f"{batch.index}, rows [{rows}]): lower the learning rate, keep grad_clip on, or "
-            "inspect those rows")
+        raise FloatingPointError(f"{name} is {value.item()} {_where(batch)}")
+
+
+def finite_loss(loss_fn: Callable, rows, batch: Batch) -> tuple[Tensor, dict]:
+    """``loss_fn(rows)``, its loss finite; else a ``FloatingPointError`` naming the step and the
+    batch, also when a loss refused a non-finite input (the advantages of a diverged critic)."""
+    try:
+        loss, metrics = loss_fn(rows)
+    except NonFiniteError as error:
+        raise FloatingPointError(f"{error} {_where(batch)}") from error
+    check_finite_loss(loss, batch)
+    return loss, metrics
 
 
 def check_finite_scores(scores: Tensor, batch: Batch, group: int = 1) -> None:
@@ -239,14 +252,12 @@ def accumulate_gradients(loss_fn: Callable[[list], tuple[Tensor, dict]], batch: 
         if part:
             parts.append(part)
     if len(parts) == 1:  # the plain step, bit for bit
-        loss, metrics = loss_fn(batch.items)
-        check_finite_loss(loss, batch)
+        loss, metrics = finite_loss(loss_fn, batch.items, batch)
         loss.backward()
         return loss.item(), metrics
     total, metrics = 0.0, {}
     for part in parts:
-        loss, part_metrics = loss_fn(part)
-        check_finite_loss(loss, batch)
+        loss, part_metrics = finite_loss(loss_fn, part, batch)
         weight = len(part) / n
         (loss * weight).backward()  # the graph of this part is freed here
         total += loss.item() * weight
@@ -279,10 +290,9 @@ def minibatch_updates(optimizer: Optimizer, loss_fn: Callable[[Tensor], tuple[Te
         order = torch.randperm(rows, generator=generator)
         for index, start in enumerate(range(0, rows, mini_batch_size)):
             picked = order[start : start + mini_batch_size]
-            loss, metrics = loss_fn(picked)
             where = Batch(batch.step, epoch, index,
                           [batch.rows[i // group] for i in picked.tolist()], [])
-            check_finite_loss(loss, where)
+            loss, metrics = finite_loss(loss_fn, picked, where)
             optimizer.zero_grad()
             loss.backward()
             stats.append({**metrics, "grad_norm": optimizer.step(where)})
@@ -311,10 +321,9 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
         disable_dropout(model)
     optimizer = Optimizer(model, config, total)
     key = {**result_settings(config), **(settings or {})}  # what a checkpoint must be made with
-    done, metrics = 0, []
-    found = find_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    done, metrics, found = (resume(checkpoint_dir, model, optimizer, key, state)
+                            if checkpoint_dir is not None else (0, [], None))
     if found is not None:
-        done, metrics = load_checkpoint(found, model, optimizer, key, state)
         if config.progress:
             print(f"{desc}: resuming from step {done} of {total} ({found})")
     model.train()

@@ -28,12 +28,19 @@ def check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def check_finite(name: str, tensor: Tensor) -> Tensor:
-    """No NaN or ±inf anywhere in ``tensor``; the error names the first bad index."""
-    bad = ~torch.isfinite(tensor)
+class NonFiniteError(ValueError):
+    """A NaN or ±inf where a number was needed (a trainer names its step and batch)."""
+
+
+def check_finite(name: str, tensor: Tensor, mask: Tensor | None = None) -> Tensor:
+    """No NaN or ±inf in ``tensor`` (where ``mask`` is set); the error names the first bad index."""
+    bad = ~torch.isfinite(tensor.detach())
+    if mask is not None:
+        bad = bad & mask.bool()
     if bad.any():
         index = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} has a non-finite value {tensor[index].item()} at index {index}")
+        raise NonFiniteError(f"{name} has a non-finite value {tensor[index].item()} "
+                             f"at index {index}")
     return tensor
 
 
@@ -58,3 +65,10 @@ def check_distribution(name: str, probs: Tensor, atol: float = 1e-5) -> Tensor:
         row = tuple(int(i) for i in off.nonzero()[0])
         raise ValueError(f"{name} row {row} sums to {sums[row].item():.6f}, not 1")
     return probs
+
+
+def check_not_empty(**tensors: Tensor) -> None:
+    """Every tensor holds at least one value: a mean over nothing is NaN, not a loss."""
+    for name, tensor in tensors.items():
+        if tensor.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}): nothing to average")

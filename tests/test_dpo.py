@@ -208,8 +208,14 @@ def test_bad_setups_raise_naming_the_problem(tiny_lm, one_thread):
         train_dpo(copy.deepcopy(ref), tokenizer, [], TrainConfig())
     with pytest.raises(ValueError, match=r"config.max_length \(100\) exceeds the model's n_positions \(64\)"):
         precompute_reference_logps(ref, tokenizer, _pairs(2), _config(max_length=100))
-    with pytest.raises(ValueError, match=r"pairs\[1\] must be a dict"):
+    with pytest.raises(ValueError, match=r"row 1, field 'chosen': is missing"):
         tokenize_pairs(tokenizer, [_pairs(1)[0], {"prompt": "a"}], 24)
+    good = _pairs(1)[0]
+    for bad, message in (({**good, "chosen": None}, "row 1, field 'chosen': must be a str, got NoneType"),
+                         ({**good, "chosen": ""}, "row 1, field 'chosen': is empty"),
+                         ({**good, "rejected": good["chosen"]}, "row 1, field 'rejected': equals chosen")):
+        with pytest.raises(ValueError, match=message):  # issue 15: the precompute trained on these silently
+            precompute_reference_logps(ref, tokenizer, [good, bad], _config())
     for bad in (dict(loss_type="kto"), dict(beta=0.0), dict(label_smoothing=0.5),
                 dict(loss_type="ipo", label_smoothing=0.1), dict(max_length=1)):
         with pytest.raises(ValueError):

@@ -357,7 +357,8 @@ def test_non_finite_loss_names_the_step_and_the_minibatch(tiny_lm, one_thread):
         with torch.no_grad():
             value_head.linear.weight.fill_(math.nan)
 
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step 2 \(epoch 0, batch 0") as error:
+    with pytest.raises(FloatingPointError, match=r"advantages has a non-finite value nan at index \(\d+, \d+\) "
+                                                 r"at step 2 \(epoch 0, batch 0") as error:
         _train(tiny_lm, _config(log_every=1), callback=poison, value_head=value_head)
     named = [int(r) for r in re.search(r"rows \[([\d, ]+)\]", str(error.value)).group(1).split(", ")]
     step_2_prompts = next(iterate_batches(PROMPTS * 4, 16, seed=0, start_step=1)).rows

@@ -192,8 +192,9 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny_lm, tmp_path, mon
     out = capsys.readouterr().out
     assert "π_ref's samples: new; building" in out and "preference pairs: new; building" in out
     samples, labelled = tmp_path / "samples", tmp_path / "pairs"
-    assert {f.name for f in samples.iterdir()} == {"samples.jsonl", "settings.json"}
-    assert {f.name for f in labelled.iterdir()} == {"pairs.jsonl", "scored.jsonl", "summary.json", "settings.json"}
+    assert {f.name for f in samples.iterdir()} == {"samples.jsonl", "contents.json", "settings.json"}
+    assert {f.name for f in labelled.iterdir()} == {"pairs.jsonl", "scored.jsonl", "summary.json", "contents.json",
+                                                    "settings.json"}
     sampling = json.loads((samples / "settings.json").read_text())
     ref_settings = tiny_reference(tiny_lm, tmp_path).stage.settings
     assert sampling == {"format": 2, "sft": ref_settings, "prompts": sampling["prompts"], "seed": 0, "completions": 4,
@@ -225,6 +226,13 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny_lm, tmp_path, mon
     third = preference_pairs(tiny_lm, tmp_path)
     assert calls == [6 * 4] and third[:4] == first[:4]
     assert "preference pairs: reusing" in capsys.readouterr().out  # the same samples: the labels stand
+    # issue 15: pairs.jsonl cut at a line boundary to half its rows was trusted on settings.json alone
+    lines = (labelled / "pairs.jsonl").read_text().splitlines(keepends=True)
+    (labelled / "pairs.jsonl").write_text("".join(lines[: len(lines) // 2]))
+    fourth = preference_pairs(tiny_lm, tmp_path)
+    assert (f"preference pairs: pairs.jsonl holds {len(lines) // 2} rows, {len(lines)} when built; building"
+            in capsys.readouterr().out)
+    assert fourth[:4] == first[:4] and calls == [6 * 4]  # labelled again from the samples, which were intact
 
 
 @pytest.mark.parametrize("change, said", [

@@ -229,10 +229,18 @@ def test_resume_and_seed_reproduce_the_uninterrupted_run(policy_dir, tokenizer, 
 
 def test_bad_inputs_raise_naming_the_argument(policy_dir, tokenizer):
     rm = RewardModel.from_policy(policy_dir, tokenizer)
-    with pytest.raises(ValueError, match=r"pairs\[1\] must be a dict with 'prompt', 'chosen' and 'rejected'"):
-        train_reward_model(rm, tokenizer, [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a"}])
-    with pytest.raises(ValueError, match=r"pairs\[0\]\['prompt'\] is empty"):
+    good = {"prompt": "a", "chosen": "b", "rejected": "c"}
+    for bad, message in (({"prompt": "a"}, "row 1, field 'chosen': is missing"),
+                         ({**good, "chosen": None}, "row 1, field 'chosen': must be a str, got NoneType"),
+                         ({**good, "rejected": "   "}, "row 1, field 'rejected': is empty"),
+                         ({**good, "rejected": "b"}, r"row 1, field 'rejected': equals chosen")):
+        with pytest.raises(ValueError, match=message):  # the pairs' one validation path, before any training
+            train_reward_model(rm, tokenizer, [good, bad])
+    with pytest.raises(ValueError, match=r"row 0, field 'prompt': is empty"):
         pair_accuracy(rm, tokenizer, [{"prompt": "", "chosen": "b", "rejected": "c"}])
+    with pytest.raises(ValueError, match=r"pairs\[1\]: prompt \+ response is \d+ tokens, over the reward model's "
+                                         r"n_positions \(128\)"):
+        train_reward_model(rm, tokenizer, [good, {**good, "chosen": " long" * 200}])
     with pytest.raises(ValueError, match="model must be a RewardModel"):
         train_reward_model(models.load_policy(policy_dir, tokenizer), tokenizer, [], _config())
     with pytest.raises(ValueError, match="center_rewards_coefficient"):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dpo_edu import stages
-from dpo_edu.stages import BUILDING, CHECKPOINT, SETTINGS, Stage, changes, fingerprint, stage
+from dpo_edu.stages import BUILDING, CHECKPOINT, CONTENTS, EVENTS, SETTINGS, Stage, changes, fingerprint, stage
 
 
 def writer(calls, text="built"):
@@ -22,13 +22,13 @@ def test_a_stage_builds_then_reuses(tmp_path, capsys):
     calls, folder = [], tmp_path / "stage"
     settings = {"dpo": {"beta": 0.1, "lr": 1e-3}, "seed": 0}
     first = stage(folder, settings, writer(calls), "stage")
-    assert first == Stage(folder, settings) and calls == [[BUILDING]]  # built in an emptied folder
+    assert first == Stage(folder, settings) and calls == [[BUILDING, EVENTS]]  # built in an emptied folder
     assert "stage: new; building" in capsys.readouterr().out
     again = stage(folder, settings, writer(calls), "stage")
     assert again == first and len(calls) == 1  # not built again
     assert capsys.readouterr().out == f"stage: reusing {folder}\n"
     assert json.loads((folder / SETTINGS).read_text()) == settings
-    assert sorted(p.name for p in folder.iterdir()) == ["artifact.txt", SETTINGS]  # building.json removed
+    assert sorted(p.name for p in folder.iterdir()) == ["artifact.txt", CONTENTS, EVENTS, SETTINGS]
 
 
 def test_changed_settings_rebuild_empty_the_folder_and_name_the_change(tmp_path, capsys):
@@ -39,8 +39,8 @@ def test_changed_settings_rebuild_empty_the_folder_and_name_the_change(tmp_path,
     new = {"dpo": {"beta": 0.5, "lr": 1e-3}, "seed": 1}
     stage(folder, new, writer(calls, "rebuilt"), "DPO")
     assert capsys.readouterr().out == f"DPO: settings changed (dpo.beta, seed); building {folder}\n"
-    assert calls == [[BUILDING], [BUILDING]]  # the old files were gone before the build ran
-    assert sorted(p.name for p in folder.iterdir()) == ["artifact.txt", SETTINGS]
+    assert calls == [[BUILDING, EVENTS], [BUILDING, EVENTS]]  # the old files were gone before the build ran
+    assert sorted(p.name for p in folder.iterdir()) == ["artifact.txt", CONTENTS, EVENTS, SETTINGS]
     assert (folder / "artifact.txt").read_text() == "rebuilt"
     assert json.loads((folder / SETTINGS).read_text()) == new
 
@@ -79,7 +79,7 @@ def test_a_build_cut_short_resumes_from_its_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().out == f"SFT: resuming {folder}\n"
     assert seen == ["weights at step 3"]  # the checkpoint was kept for the build
     assert not (folder / CHECKPOINT).exists()  # a finished build's resume point is removed
-    assert sorted(p.name for p in folder.iterdir()) == ["artifact.txt", SETTINGS]
+    assert sorted(p.name for p in folder.iterdir()) == ["artifact.txt", CONTENTS, EVENTS, SETTINGS]
     assert json.loads((folder / SETTINGS).read_text()) == settings
 
 
@@ -90,7 +90,7 @@ def test_a_build_cut_short_is_wiped_when_the_settings_change(tmp_path, capsys):
     calls = []
     stage(folder, {"sft": {"steps": 20}, "seed": 0}, writer(calls), "SFT")
     assert capsys.readouterr().out == f"SFT: settings changed (sft.steps); building {folder}\n"
-    assert calls == [[BUILDING]]  # no checkpoint/ of the other settings
+    assert calls == [[BUILDING, EVENTS]]  # no checkpoint/ of the other settings
     assert json.loads((folder / SETTINGS).read_text()) == {"sft": {"steps": 20}, "seed": 0}
 
 
@@ -121,3 +121,71 @@ def test_fingerprint_is_a_short_stable_hash_of_the_value():
     assert fingerprint(prompts) != fingerprint(prompts[::-1]) != fingerprint(prompts[:1])
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})  # key order is not content
     assert stages.SETTINGS == "settings.json" and stages.CHECKPOINT == "checkpoint"
+
+
+def test_a_stage_records_its_files_and_rebuilds_when_one_is_cut_or_edited(tmp_path, capsys):
+    """A stage proves what it holds: a JSONL file cut at a line boundary, a file edited or deleted is named, and
+    the stage is built again (issue 15: a pairs cache cut to half its rows was reused silently)."""
+    folder, settings, calls = tmp_path / "pairs", {"n": 4}, []
+
+    def build(folder):
+        calls.append(1)
+        (folder / "pairs.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(4)))
+        (folder / "model").mkdir()
+        (folder / "model" / "weights.bin").write_bytes(b"\x00\x01\x02")
+
+    stage(folder, settings, build, "pairs")
+    recorded = json.loads((folder / CONTENTS).read_text())
+    assert set(recorded) == {"pairs.jsonl", "model/weights.bin"}
+    assert recorded["pairs.jsonl"]["rows"] == 4 and recorded["model/weights.bin"]["bytes"] == 3
+    assert "rows" not in recorded["model/weights.bin"]
+    capsys.readouterr()
+    lines = (folder / "pairs.jsonl").read_text().splitlines(keepends=True)
+    (folder / "pairs.jsonl").write_text("".join(lines[:2]))  # cut at a line boundary: still valid JSONL
+    stage(folder, settings, build, "pairs")
+    assert capsys.readouterr().out == f"pairs: pairs.jsonl holds 2 rows, 4 when built; building {folder}\n"
+    assert len(calls) == 2 and len((folder / "pairs.jsonl").read_text().splitlines()) == 4
+    (folder / "model" / "weights.bin").write_bytes(b"\x00\x01\x09")  # same size, other bytes
+    stage(folder, settings, build, "pairs")
+    expected = "model/weights.bin has changed (3 bytes, 3 when built)"
+    assert capsys.readouterr().out == f"pairs: {expected}; building {folder}\n"
+    (folder / "model" / "weights.bin").unlink()
+    (folder / CONTENTS).write_text("{")  # and its record cut short
+    stage(folder, settings, build, "pairs")
+    assert "contents.json is unreadable" in capsys.readouterr().out and len(calls) == 4
+    stage(folder, settings, build, "pairs")
+    assert capsys.readouterr().out == f"pairs: reusing {folder}\n" and len(calls) == 4
+
+
+def test_a_stage_finished_before_stages_recorded_their_files_is_adopted(tmp_path, capsys):
+    """A run folder made by an older dpo_edu (settings.json, no contents.json) is not rebuilt: its files are
+    recorded once, and checked from then on."""
+    folder, calls = tmp_path / "sft", []
+    stage(folder, {"n": 1}, writer(calls), "SFT")
+    (folder / CONTENTS).unlink()
+    capsys.readouterr()
+    stage(folder, {"n": 1}, writer(calls), "SFT")
+    assert capsys.readouterr().out == (f"SFT: recording the files of {folder} (made before stages recorded them)\n"
+                                       f"SFT: reusing {folder}\n")
+    assert len(calls) == 1 and json.loads((folder / CONTENTS).read_text())["artifact.txt"]["bytes"] == 5
+    (folder / "artifact.txt").write_text("edited")
+    stage(folder, {"n": 1}, writer(calls), "SFT")
+    assert "artifact.txt has changed" in capsys.readouterr().out and len(calls) == 2
+
+
+def test_each_call_is_logged_and_events_since_reads_what_a_run_did(tmp_path):
+    import time
+
+    start = time.time()
+    folder = tmp_path / "runs" / "dpo"
+    stage(folder, {"n": 1}, writer([]), "DPO")
+    stage(folder, {"n": 1}, writer([]), "DPO")
+    stage(folder, {"n": 2}, writer([]), "DPO")
+    cut_short(tmp_path / "sft", {"steps": 3})
+    stage(tmp_path / "sft", {"steps": 3}, writer([]), "SFT")
+    events = stages.events_since(tmp_path, start)
+    assert [(e["stage"], e["outcome"]) for e in events] == [
+        ("runs/dpo", "built"), ("runs/dpo", "reused"), ("runs/dpo", "built"), ("sft", "built"), ("sft", "resumed")]
+    assert events[2]["why"] == "settings changed (n)" and events[4]["why"] == "from its checkpoint"
+    assert stages.events_since(tmp_path, time.time() + 1) == []
+    assert "events.jsonl" not in json.loads((folder / CONTENTS).read_text())  # a log, not a file the stage made

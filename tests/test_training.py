@@ -277,6 +277,29 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert again == full
 
 
+@pytest.mark.parametrize("damaged", [checkpoints.STATE_FILE, checkpoints.METRICS_FILE])
+def test_a_corrupt_checkpoint_is_named_set_aside_and_the_run_starts_afresh(tmp_path, capsys, damaged):
+    config = _config(steps=9, save_every=2, progress=False)
+    full_model, full = _train(config)
+
+    def stop_at_5(step, row):
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _train(config, checkpoint_dir=tmp_path, callback=stop_at_5)
+    path = tmp_path / "last" / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # a copy cut short
+    capsys.readouterr()
+    resumed_model, resumed = _train(config, checkpoint_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert f"checkpoint {tmp_path / 'last'} cannot be read" in out and "training starts from step 0" in out
+    assert (tmp_path / "last.corrupt" / damaged).is_file()  # kept for a look, never read again
+    assert resumed == full  # from step 0, the same numbers as a run never interrupted
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     _train(_config(steps=3), checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match=r"different config \(lr\)"):
@@ -287,11 +310,12 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
     model = _model()
     optimizer = training.Optimizer(model, _config(lr=0.1), total_steps=5)
-    checkpoints.save_checkpoint(tmp_path, model, optimizer, 3, [{"step": 3}])
+    rows = [{"step": k} for k in (1, 2, 3)]  # one a step
+    checkpoints.save_checkpoint(tmp_path, model, optimizer, 3, rows)
     (tmp_path / "last.tmp").mkdir()  # a save that died before writing its state file
     assert checkpoints.find_checkpoint(tmp_path) == tmp_path / "last"
     step, metrics = checkpoints.load_checkpoint(tmp_path / "last", model, optimizer)
-    assert step == 3 and metrics == [{"step": 3}]
+    assert step == 3 and metrics == rows
 
 
 def test_checkpoint_restores_weights_optimizer_and_schedule(tmp_path):
@@ -302,11 +326,11 @@ def test_checkpoint_restores_weights_optimizer_and_schedule(tmp_path):
     for _ in range(2):
         step(next(batches), optimizer)
         optimizer.schedule.step()
-    checkpoints.save_checkpoint(tmp_path, model, optimizer, 2, [])
+    checkpoints.save_checkpoint(tmp_path, model, optimizer, 2, [{"step": 1}, {"step": 2}])
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     other = training.disable_dropout(_model(seed=5))
     other_optimizer = training.Optimizer(other, _config(), total_steps=9)
-    assert checkpoints.load_checkpoint(tmp_path / "last", other, other_optimizer) == (2, [])
+    assert checkpoints.load_checkpoint(tmp_path / "last", other, other_optimizer) == (2, [{"step": 1}, {"step": 2}])
     assert all(torch.equal(saved[k], v) for k, v in other.state_dict().items())
     assert other_optimizer.lr == optimizer.lr == pytest.approx(0.05)  # warmup of 2 steps done
     assert other_optimizer.state_dict()["adamw"]["state"][0]["step"] == 2
