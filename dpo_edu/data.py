@@ -282,8 +282,9 @@ def save_json(value, path: str | Path, indent: int | None = 1) -> Path:
                                                                ensure_ascii=False)))
 
 
-def load_jsonl(path: str | Path) -> list[dict]:
-    """Rows written by :func:`save_jsonl`; blank lines are ignored, a bad line names its number."""
+def load_jsonl(path: str | Path, allow_empty: bool = False) -> list[dict]:
+    """Rows written by :func:`save_jsonl`; blank lines are ignored, a bad line names its number,
+    and a file without rows is an error unless ``allow_empty``."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -298,6 +299,8 @@ def load_jsonl(path: str | Path) -> list[dict]:
                 raise ValueError(f"{path}, line {number}: expected a JSON object, "
                                  f"got {type(row).__name__}")
             rows.append(row)
+    if not rows and not allow_empty:
+        raise ValueError(f"{path} holds no rows")
     return rows
 
 

@@ -167,7 +167,7 @@ def trained(done: Stage, model=None) -> Trained:
     """What a finished training stage left: its metrics, last samples and cost."""
     samples = done.folder / SAMPLES
     return Trained(model, load_metrics(done.folder / METRICS),
-                   data.load_jsonl(samples) if samples.is_file() else [],
+                   data.load_jsonl(samples, allow_empty=True) if samples.is_file() else [],
                    json.loads((done.folder / COST).read_text()), done)
 
 

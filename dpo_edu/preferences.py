@@ -60,6 +60,7 @@ class PreferenceSummary:
     mean_reward: float  # mean ground truth of all n_prompts · k samples (the SFT policy's score)
     std_reward: float  # its standard deviation across samples
     mean_margin: float  # mean chosen_reward − rejected_reward over the kept pairs
+    duplicates: int = 0  # kept pairs equal to an earlier one (same prompt, chosen, rejected)
 
     def __str__(self) -> str:
         lines = [f"preferences: {self.n_pairs:,} pairs from {self.n_prompts:,} prompts × {self.k} "
@@ -68,6 +69,9 @@ class PreferenceSummary:
                  f"std {self.std_reward:.3f}; "
                  f"mean margin chosen − rejected {self.mean_margin:.3f}"]
         lines += [f"  skipped {n:,}: {why}" for why, n in self.skipped.items()]
+        if self.duplicates:
+            lines.append(f"  duplicates {self.duplicates:,}: pairs equal to an earlier one (two "
+                         "samples of a prompt alike), kept: each weighs as often as it occurs")
         return "\n".join(lines)
 
 
@@ -322,6 +326,10 @@ def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[
     scores = score_completions(prompts, completions, reward, score_prompt)
     pairs, report = _label_scored(prompts, completions, scores, ended)
     validate_pairs(pairs)  # never hand on a record a trainer would reject
+    if not pairs:
+        raise ValueError(f"no preference pair survived labelling: {report.total:,} candidates, "
+                         f"skipped {dict(report.skipped)}; sample more completions or prompts")
+    seen = {(p["prompt"], p["chosen"], p["rejected"]) for p in pairs}
     flat = torch.tensor([v for group in scores for v in group], dtype=torch.float64)
     margins = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
     summary = PreferenceSummary(
@@ -329,7 +337,7 @@ def make_preference_data(prompts: Sequence[str], completions: Sequence[Sequence[
         n_pairs=len(pairs),
         skipped=dict(report.skipped), mean_reward=flat.mean().item(),
         std_reward=flat.std().item() if flat.numel() > 1 else 0.0,
-        mean_margin=sum(margins) / len(margins) if margins else 0.0)
+        mean_margin=sum(margins) / len(margins), duplicates=len(pairs) - len(seen))
     scored = [{"prompt_id": i, "prompt": prompt, "completions": list(group), "rewards": values}
               for i, (prompt, group, values) in enumerate(zip(prompts, completions, scores))]
     if ended is not None:

@@ -307,3 +307,11 @@ def test_report_counts_add_up():
     report.truncate("cut")
     assert report.kept == 3 and str(report) == "step: kept 3 of 5 rows\n  skipped 2: why\n  truncated 1: cut"
     assert preferences.PAIR_FIELDS == ("prompt", "chosen", "rejected")
+
+
+def test_an_empty_jsonl_is_an_error_naming_it_unless_allowed(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match=f"{path} holds no rows"):
+        load_jsonl(path)
+    assert load_jsonl(path, allow_empty=True) == []

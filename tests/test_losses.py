@@ -226,3 +226,27 @@ def test_label_smoothing_only_with_sigmoid(loss_type):
     """label_smoothing with IPO or hinge is refused rather than silently ignored."""
     with pytest.raises(ValueError, match=rf"label_smoothing applies to the sigmoid loss only, not '{loss_type}'"):
         losses.dpo_loss(*_batch(), BETA, loss_type=loss_type, label_smoothing=0.1)
+
+
+def test_the_losses_name_a_nan_an_empty_batch_and_mismatched_shapes():
+    """Issue 15: bradley_terry_loss(NaN) and ppo_policy_loss(NaN) returned nan, dpo_loss on empty tensors nan,
+    dpo_gradient_weight a raw torch error."""
+    from dpo_edu.losses import bradley_terry_loss, dpo_gradient_weight, dpo_loss, ppo_policy_loss, ppo_value_loss
+
+    with pytest.raises(ValueError, match=r"rejected_rewards has a non-finite value nan at index \(1,\)"):
+        bradley_terry_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, math.nan]))
+    with pytest.raises(ValueError, match="chosen_rewards is empty"):
+        bradley_terry_loss(torch.tensor([]), torch.tensor([]))
+    empty = torch.tensor([])
+    with pytest.raises(ValueError, match=r"policy_chosen_logps is empty \(shape \(0,\)\)"):
+        dpo_loss(empty, empty, empty, empty, beta=0.1)
+    with pytest.raises(ValueError, match="shapes must match"):
+        dpo_gradient_weight(torch.zeros(3), torch.zeros(2))
+    logps, mask = torch.zeros(2, 3), torch.tensor([[1, 1, 0], [1, 0, 0]])
+    advantages = torch.tensor([[1.0, 1.0, math.nan], [1.0, math.nan, math.nan]])  # NaN only where masked out
+    loss, _ = ppo_policy_loss(logps, logps, advantages, mask)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"advantages has a non-finite value nan at index \(0, 2\)"):
+        ppo_policy_loss(logps, logps, advantages, torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"returns has a non-finite value inf at index \(0, 0\)"):
+        ppo_value_loss(logps, logps, torch.full((2, 3), math.inf), mask)

@@ -192,9 +192,9 @@ def test_finished_stages_are_read_back_and_sample_nothing(tiny_lm, tmp_path, mon
     out = capsys.readouterr().out
     assert "π_ref's samples: new; building" in out and "preference pairs: new; building" in out
     samples, labelled = tmp_path / "samples", tmp_path / "pairs"
-    assert {f.name for f in samples.iterdir()} == {"samples.jsonl", "contents.json", "settings.json"}
-    assert {f.name for f in labelled.iterdir()} == {"pairs.jsonl", "scored.jsonl", "summary.json", "contents.json",
-                                                    "settings.json"}
+    stage_files = {"contents.json", "events.jsonl", "settings.json"}
+    assert {f.name for f in samples.iterdir()} == {"samples.jsonl", *stage_files}
+    assert {f.name for f in labelled.iterdir()} == {"pairs.jsonl", "scored.jsonl", "summary.json", *stage_files}
     sampling = json.loads((samples / "settings.json").read_text())
     ref_settings = tiny_reference(tiny_lm, tmp_path).stage.settings
     assert sampling == {"format": 2, "sft": ref_settings, "prompts": sampling["prompts"], "seed": 0, "completions": 4,
@@ -336,3 +336,14 @@ def test_every_preset_names_the_preference_sizes():
     assert PRESETS["ci"].pairs.prompts <= PRESETS["cpu"].pairs.prompts <= PRESETS["gpt2"].pairs.prompts
     with pytest.raises(ValueError, match=r"eval_prompts \(6\) must be < prompts \(6\)"):
         get_preset("ci", {**TINY_RUN, "pairs.eval_prompts": 6}, verbose=False)
+
+
+def test_no_surviving_pair_is_an_error_and_duplicates_are_counted():
+    constant = lambda texts: torch.full((len(texts),), 0.5)  # noqa: E731  every pair a tie
+    with pytest.raises(ValueError, match=r"no preference pair survived labelling: 6 candidates, skipped"):
+        make_preference_data(["p"], [["a", "b", "c", "d"]], constant)
+    by_length = lambda texts: torch.tensor([float(len(t)) for t in texts])  # noqa: E731
+    pairs, _, summary = make_preference_data(["p"], [["a good one", "bad", "bad", "fine"]], by_length)
+    # ("a good one", "bad") twice, ("fine", "bad") twice: "bad" sampled twice; ("bad", "bad") is skipped
+    assert summary.n_pairs == len(pairs) == 5 and summary.duplicates == 2
+    assert "duplicates 2" in str(summary)

@@ -301,3 +301,24 @@ def test_reward_kl_curve_is_monotone_and_has_the_right_limits():
     pi = w / w.sum(-1, keepdims=True)
     assert kls[12].item() == pytest.approx((pi * np.log(pi / ref)).sum(-1).mean(), rel=1e-10)
     assert rewards[12].item() == pytest.approx((pi * reward).sum(-1).mean(), rel=1e-10)
+
+
+def test_the_exact_quantities_refuse_what_is_not_a_distribution():
+    """Issue 15: KL = 1.05, nan and −inf came back from rows that do not sum to one."""
+    ref = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    reward = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    off = torch.tensor([[0.7, 0.5]], dtype=torch.float64)  # sums to 1.2
+    calls = [("policy", lambda: toy.kl_divergence(off, ref)),
+             ("ref", lambda: toy.kl_divergence(ref, off)),
+             ("policy", lambda: toy.expected_reward(off, reward)),
+             ("policy", lambda: toy.objective(off, ref, reward, 1.0)),
+             ("ref", lambda: toy.log_partition(off, reward, 1.0)),
+             ("policy", lambda: toy.implicit_reward(off, ref, 1.0))]
+    for argument, call in calls:  # the error names the argument and the row
+        with pytest.raises(ValueError, match=rf"^{argument} row \(0,\) sums to 1.200000, not 1"):
+            call()
+    with pytest.raises(ValueError, match=r"reward has a non-finite value nan at index \(0, 1\)"):
+        toy.expected_reward(ref, torch.tensor([[1.0, math.nan]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="shapes must match"):
+        toy.log_partition(ref, reward[:, :1], 1.0)
+    assert toy.kl_divergence(ref, ref).item() == 0.0  # a valid pair still works
