@@ -44,3 +44,19 @@ def test_reference_policy_is_trained_once_then_loaded(tmp_path, capsys, one_thre
         assert torch.equal(weight, loaded), name
     pipeline.reference_policy(dataclasses.replace(preset, sft=dataclasses.replace(preset.sft, lr=5e-4)), tmp_path)
     assert "SFT (π_ref): settings changed (sft.lr); building" in capsys.readouterr().out
+
+
+def test_a_truncated_model_file_is_named_and_the_stage_rebuilt(tmp_path, capsys, one_thread):
+    """Issue 15: a truncated model.safetensors failed with "SafetensorError: incomplete metadata" on every rerun."""
+    preset = get_preset("ci", {**TINY_RUN, "sft.steps": 2, "sft.batch_size": 4, "sft.max_length": 32}, verbose=False)
+    first = pipeline.reference_policy(preset, tmp_path)
+    weights = tmp_path / "sft" / "model.safetensors"
+    size, cut = weights.stat().st_size, weights.read_bytes()[: weights.stat().st_size // 2]
+    weights.unlink()  # a new file, as a copy cut short: the loaded policy still maps the old one
+    weights.write_bytes(cut)
+    capsys.readouterr()
+    again = pipeline.reference_policy(preset, tmp_path)
+    expected = f"SFT (π_ref): model.safetensors has changed ({size // 2:,} bytes, {size:,} when built); building"
+    assert expected in capsys.readouterr().out
+    for (name, weight), (_, loaded) in zip(first.policy.state_dict().items(), again.policy.state_dict().items()):
+        assert torch.equal(weight, loaded), name  # rebuilt to the same weights

@@ -263,3 +263,13 @@ def test_hub_wrapper_offline_failure_names_tfidf(monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
     with pytest.raises(OSError, match="could not load sentiment classifier 'lvwerra/distilbert-imdb'.*'tfidf'"):
         make_reward("lvwerra/distilbert-imdb")
+
+
+def test_a_corrupt_classifier_file_is_named_and_retrained(tmp_path, capsys):
+    """Issue 15: an emptied tfidf.joblib failed with a bare EOFError on every rerun."""
+    reward = ground_truth(tmp_path)
+    (tmp_path / "sentiment" / SAVE_FILE).write_bytes(b"")
+    capsys.readouterr()
+    again = ground_truth(tmp_path)
+    assert f"ground-truth reward: {SAVE_FILE} has changed (0 bytes" in capsys.readouterr().out
+    assert torch.equal(again([POSITIVE, NEGATIVE]), reward([POSITIVE, NEGATIVE]))
