@@ -1,4 +1,4 @@
-"""Notebooks 04–06 with the ``gpt2`` preset on one GPU, then a timing table of every stage.
+"""Notebooks 04–07 with the ``gpt2`` preset on one GPU, then a timing table of every stage.
 
     python benchmarks/gpu_course.py                    # gpt2 from the Hub, the paper's classifier
     python benchmarks/gpu_course.py --offline          # no network: gpt2's shapes from random weights,
@@ -6,11 +6,11 @@
     python benchmarks/gpu_course.py --preset ci --offline --out runs/gpu_dry   # a dry run on a CPU (~2 min)
 
 The whole ``gpt2`` frontier: SFT, 24,000 pairs from 4,000 prefixes, the reward model, 4 DPO β and 4 PPO
-target-KL runs (the preset's whole sweeps, not notebook 05's middle two), Best-of-N, and notebook 06's RLOO,
-GRPO and online DPO at one β each, aimed at ≤ 30 minutes on one H100. ``--offline`` times the same
-shapes (124 M parameters, 50,257-token vocabulary, 256-token SFT sequences, 48 sampled tokens) where the
-Hub is unreachable; its rewards mean nothing, its seconds do. The run folder keeps every stage, so a
-second call only reloads; use a fresh ``--out`` to time again.
+target-KL runs (the preset's whole sweeps, not notebook 05's middle two), Best-of-N, notebook 06's RLOO,
+GRPO and online DPO at one β each, and notebook 07's pitfalls, aimed at ≤ 30 minutes on one H100.
+``--offline`` times the same shapes (124 M parameters, 50,257-token vocabulary, 256-token SFT
+sequences, 48 sampled tokens) where the Hub is unreachable; its rewards mean nothing, its seconds do.
+The run folder keeps every stage, so a second call only reloads; use a fresh ``--out`` to time again.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from dpo_edu.cli import run_course
 from dpo_edu.presets import get_preset
 
-NOTEBOOKS = ["04_gpt2_preferences", "05_rlhf_vs_dpo", "06_after_dpo"]
+NOTEBOOKS = ["04_gpt2_preferences", "05_rlhf_vs_dpo", "06_after_dpo", "07_what_goes_wrong"]
 OFFLINE = {"model.random_init": True, "ground_truth.classifier": "tfidf"}
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = stage_rows(args.out)
     print(timing_table(rows))
     total = sum(entry["seconds"] for entry in summary["notebooks"].values())
-    print(f"{'total (notebooks 04–06)':<34}{total:>10,.1f}   = {total / 60:.1f} min")
+    print(f"{'total (notebooks 04–07)':<34}{total:>10,.1f}   = {total / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_course.py: its timing table, read from a run folder that notebooks 04–06 filled at ``ci``."""
+"""benchmarks/gpu_course.py: its timing table, read from a run folder that notebooks 04–07 filled at ``ci``."""
 
 import json
 
@@ -15,20 +15,21 @@ def test_table_has_both_notebooks_and_every_metered_stage(ci_course_run):
     ci = get_preset("ci", verbose=False)
     rows = gpu_course.stage_rows(ci_course_run)
     (precompute,) = [row["stage"] for row in rows if row["stage"].startswith("reference_logps/")]
-    expected = ["notebook 04 (all of it)", "notebook 05 (all of it)", "notebook 06 (all of it)", "reference",
-                "reward_model", precompute, f"runs/best_of_n/n_{max(ci.frontier.best_of_n)}/seed_0",
+    notebooks = [f"notebook {n} (all of it)" for n in ("04", "05", "06", "07")]
+    expected = [*notebooks, "reference", "reward_model", precompute, "pitfalls/ppo_no_kl/seed_0",
+                f"runs/best_of_n/n_{max(ci.frontier.best_of_n)}/seed_0",
                 *(f"runs/dpo/beta_{beta:g}/seed_0" for beta in ci.frontier.dpo_betas),
                 f"runs/grpo/beta_{ci.grpo.beta:g}/seed_0", f"runs/online_dpo/beta_{ci.online_dpo.beta:g}/seed_0",
                 *(f"runs/ppo/target_{target:g}/seed_0" for target in ci.frontier.ppo_targets),
                 f"runs/rloo/beta_{ci.rloo.beta:g}/seed_0"]
     assert [row["stage"] for row in rows] == expected
-    for row in rows[3:]:
+    for row in rows[4:]:
         assert row == {"stage": row["stage"], **json.loads((ci_course_run / row["stage"] / "cost.json").read_text())}
     lines = gpu_course.timing_table(rows).splitlines()
     assert len(lines) == len(rows) + 1 and lines[0].split()[:2] == ["stage", "seconds"]
-    reward_model_line = lines[5].split()
+    reward_model_line = lines[6].split()
     assert reward_model_line[0] == "reward_model"
-    assert float(reward_model_line[1].replace(",", "")) == pytest.approx(rows[4]["seconds"], abs=0.05)  # 1 decimal
+    assert float(reward_model_line[1].replace(",", "")) == pytest.approx(rows[5]["seconds"], abs=0.05)  # 1 decimal
 
 
 def test_stages_follow_the_running_order_with_sweeps_in_numeric_order(tmp_path):

@@ -84,7 +84,7 @@ def test_03_dpo_derivation_holds_numerically(dpo_objective):
 
 @pytest.mark.notebook
 def test_03_deterministic_preferences_overfit_dpo_not_ipo_or_cdpo(dpo_objective):
-    records, _ = dpo_objective
+    records = dpo_objective
     runs = records["deterministic"]
     slope = "change of log π(y_l) per 100 steps (last 10%)"
     for beta in ("0.1", "1.0", "10.0"):
