@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -139,17 +140,34 @@ def _set_special_ids(model, tokenizer) -> None:
         config.eos_token_id = tokenizer.eos_token_id
 
 
+@contextmanager
+def quiet_progress():
+    """transformers' own bars ("Loading weights", "Writing model shards") off inside the block,
+    then as they were: a notebook shows one bar per long step, the course's own."""
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
+
+
 def load_local_or_hub(load, source, cache_dir):
     """``load(source)`` for a local folder or a Hub id.
 
     Offline, a Hub id is looked up in the cache only and fails fast with a short message.
     """
     if Path(source).is_dir():
-        return load(source)
+        with quiet_progress():
+            return load(source)
     # offline: look in the cache only, rather than retry the Hub for half a minute
     offline = not hub_reachable()
     try:
-        return load(source, cache_dir=cache_dir, local_files_only=offline)
+        with quiet_progress():
+            return load(source, cache_dir=cache_dir, local_files_only=offline)
     except OSError:
         if not offline:
             raise  # online, the original error says what is wrong (a misspelt name, say)
@@ -198,8 +216,9 @@ def save_policy(model, tokenizer, save_dir) -> Path:
     """Model and tokenizer into one folder, read by ``load_pretrained`` (and by transformers)."""
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(save_dir)
-    tokenizer.save_pretrained(save_dir)
+    with quiet_progress():
+        model.save_pretrained(save_dir)
+        tokenizer.save_pretrained(save_dir)
     return save_dir
 
 

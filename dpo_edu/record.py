@@ -27,19 +27,24 @@ def _plain(value):
     return value
 
 
-def record(name: str, value):
-    """Publish ``value`` under ``name`` (shown as ``name = value``); returns ``value`` unchanged."""
+SHOWN_CHARACTERS = 100  # a record shows one line: longer values are cut (the whole one is stored)
+
+
+def record(name: str, value) -> None:
+    """Publish ``value`` under ``name``, shown as one line ``name = value`` (cut if long); returns
+    nothing, so a cell that ends with it does not echo the value again."""
     from IPython import get_ipython
     from IPython.display import display
 
     plain = _plain(value)
     shown = f"{plain:.6g}" if isinstance(plain, float) else json.dumps(plain, ensure_ascii=False)
+    if len(shown) > SHOWN_CHARACTERS:
+        shown = shown[:SHOWN_CHARACTERS] + " …"
     if get_ipython() is None:  # a plain Python process: no notebook to store the value in
         print(f"{name} = {shown}")
     else:
         display({"text/plain": f"{name} = {shown}", MIME_TYPE: {"name": name, "value": plain}},
                 raw=True)
-    return value
 
 
 def read_records(notebook: str | Path) -> dict:

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from .data import save_json
 from .losses import bradley_terry_loss
-from .models import encode_pairs, load_local_or_hub, position_ids_from_mask, token_ids
+from .models import (encode_pairs, load_local_or_hub, position_ids_from_mask, quiet_progress,
+                     token_ids)
 from .preferences import EOS_RULES, pair_token_ids
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int
@@ -100,7 +101,8 @@ class RewardModel(nn.Module):
 
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(save_dir)
+        with quiet_progress():
+            self.backbone.save_pretrained(save_dir)
         save_file({"head.weight": self.head.weight.detach().contiguous().cpu(),
                    "offset": self.offset.cpu()}, str(save_dir / HEAD_FILE))
         save_json({"class": "dpo_edu.reward_model.RewardModel"}, save_dir / META_FILE,
@@ -117,7 +119,8 @@ class RewardModel(nn.Module):
         if not (load_dir / HEAD_FILE).is_file():
             raise ValueError(f"load_dir {load_dir} holds no reward model ({HEAD_FILE} is missing); "
                              "build one with RewardModel.from_policy")
-        model = cls(AutoModel.from_pretrained(load_dir))
+        with quiet_progress():
+            model = cls(AutoModel.from_pretrained(load_dir))
         state = load_file(str(load_dir / HEAD_FILE))
         with torch.no_grad():
             model.head.weight.copy_(state["head.weight"])

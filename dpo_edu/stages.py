@@ -93,14 +93,14 @@ def _altered(folder: Path, name: str) -> list[str]:
     if recorded is None:
         return [f"{CONTENTS} is unreadable"]
     now, out = contents(folder), []
-    for name, then in recorded.items():
-        found = now.get(name)
+    for file, then in recorded.items():
+        found = now.get(file)
         if found is None:
-            out.append(f"{name} is missing")
+            out.append(f"{file} is missing")
         elif found.get("rows") != then.get("rows"):
-            out.append(f"{name} holds {found['rows']} rows, {then['rows']} when built")
+            out.append(f"{file} holds {found['rows']} rows, {then['rows']} when built")
         elif found != then:
-            out.append(f"{name} has changed ({found['bytes']:,} bytes, "
+            out.append(f"{file} has changed ({found['bytes']:,} bytes, "
                        f"{then['bytes']:,} when built)")
     return out
 

@@ -104,7 +104,7 @@ pi_star = toy.optimal_policy(bandit.ref, bandit.reward, BETA)
 log_z = toy.log_partition(bandit.ref, bandit.reward, BETA)
 optimum_gap = (toy.objective(pi_star, bandit.ref, bandit.reward, BETA) - BETA * log_z).abs().max().item()
 
-torch.manual_seed(SEED)
+_ = torch.manual_seed(SEED)  # seeds what follows (the returned generator is not needed)
 random_policies = torch.distributions.Dirichlet(torch.ones(N_RESPONSES, dtype=torch.float64)).sample((50, N_PROMPTS))
 ref, reward = bandit.ref.expand_as(random_policies), bandit.reward.expand_as(random_policies)  # 50 copies
 random_objective = toy.objective(random_policies, ref, reward, BETA)

@@ -167,7 +167,7 @@ pd.Series(metrics_at_ref)
 # autograd at a random policy:
 
 # %%
-torch.manual_seed(SEED)
+_ = torch.manual_seed(SEED)  # seeds what follows (the returned generator is not needed)
 logits = (ref_logits + 0.5 * torch.randn_like(ref_logits)).requires_grad_(True)
 chosen, rejected = tabular.pair_logps(logits, pairs)
 loss, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, BETA)

@@ -73,7 +73,7 @@ from dpo_edu.widgets import explore_samples
 preset = get_preset(PRESET, PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
 print(f"run folder: {run_dir}")
-torch.manual_seed(SEED)
+_ = torch.manual_seed(SEED)  # seeds what follows (the returned generator is not needed)
 
 # %% [markdown]
 # ## 0. The data: IMDb reviews

@@ -81,7 +81,7 @@ from dpo_edu.source import show_source
 
 preset = get_preset(PRESET, PRESET_OVERRIDES)
 run_dir = Path(RUN_DIR) if RUN_DIR else Path.cwd().parent / "runs" / preset.name
-torch.manual_seed(SEED)
+_ = torch.manual_seed(SEED)  # seeds what follows (the returned generator is not needed)
 shared = study.prepare(preset, run_dir, seed=SEED)  # notebook 04's stages: read back, or built now
 ref, tokenizer = shared.ref.policy.eval(), shared.ref.tokenizer
 prompts = shared.prompts["report"]  # held-out prefixes, never trained on
@@ -407,8 +407,9 @@ display_kl
 # pair change from call to call, and DPO's loss at $\pi_\theta = \pi_\text{ref}$ is no longer $\log 2$.
 
 # %%
-with_dropout = AutoModelForCausalLM.from_pretrained(shared.ref.stage.folder, resid_pdrop=0.1, embd_pdrop=0.1,
-                                                    attn_pdrop=0.1)
+with models.quiet_progress():  # transformers' loading bar off
+    with_dropout = AutoModelForCausalLM.from_pretrained(shared.ref.stage.folder, resid_pdrop=0.1, embd_pdrop=0.1,
+                                                        attn_pdrop=0.1)
 few_pairs = tracked[:64]
 train_mode = {}
 for name, mode in {"eval mode (right)": False, "train mode, dropout 0.1 (wrong)": True}.items():

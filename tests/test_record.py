@@ -109,10 +109,11 @@ def captured(monkeypatch):
     return calls
 
 
-def test_record_returns_value_and_publishes_a_raw_mime_bundle(captured):
-    """record returns its argument unchanged and displays {text/plain, record MIME} as a raw bundle."""
+def test_record_returns_nothing_and_publishes_a_raw_mime_bundle(captured):
+    """record displays {text/plain, record MIME} as a raw bundle and returns None: a cell ending with it does not
+    echo the value a second time (issue 16)."""
     value = [1, 2, 3]
-    assert rec.record("counts", value) is value
+    assert rec.record("counts", value) is None
     (objs, kwargs) = captured[0]
     assert kwargs == {"raw": True}
     assert objs == ({"text/plain": "counts = [1, 2, 3]", rec.MIME_TYPE: {"name": "counts", "value": [1, 2, 3]}},)
@@ -121,7 +122,7 @@ def test_record_returns_value_and_publishes_a_raw_mime_bundle(captured):
 def test_record_converts_tensors_numpy_and_non_finite_values(captured):
     """Tensors → lists, NumPy scalars → numbers, tuples → lists, dict keys → str, NaN/inf → strings."""
     t = torch.tensor([[0.5, 1.0], [2.0, 3.5]], dtype=torch.float64)
-    assert rec.record("matrix", t) is t
+    rec.record("matrix", t)
     rec.record("scalar", torch.tensor(0.25))
     rec.record("np", np.float64(1.5))
     rec.record("mixed", {1: (np.int64(2), float("nan")), "inf": float("inf")})
@@ -161,12 +162,12 @@ def test_record_then_read_records_round_trip(captured, tmp_path):
 
 
 def test_record_in_a_plain_python_process():
-    """Outside Jupyter, record still returns the value and prints name = value (no kernel needed)."""
+    """Outside Jupyter, record prints name = value (no kernel needed)."""
     code = (
         "from dpo_edu.record import record\n"
         "v = {'a': 1}\n"
-        "assert record('answer', v) is v\n"
-        "assert record('x', 2.5) == 2.5\n"
+        "assert record('answer', v) is None\n"
+        "record('x', 2.5)\n"
         "print('done')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -192,3 +193,13 @@ def test_record_round_trip_through_a_real_kernel(tmp_path):
     path = tmp_path / "executed.ipynb"
     nbformat.write(nb, str(path))
     assert rec.read_records(path) == {"a": 2.5, "v": [1.0, 2.0]}
+
+
+def test_a_long_value_is_shown_on_one_cut_line_and_stored_whole(captured):
+    value = {f"setting {i}": {"reward": i / 7, "kl": i * 1.5} for i in range(20)}
+    rec.record("table", value)
+    (bundle,), _ = captured[0]
+    shown = bundle["text/plain"]
+    assert shown.startswith('table = {"setting 0": {"reward": 0.0') and shown.endswith(" …")
+    assert len(shown) == len("table = ") + rec.SHOWN_CHARACTERS + 2 and "\n" not in shown
+    assert bundle[rec.MIME_TYPE]["value"] == value  # the tests read the whole value
