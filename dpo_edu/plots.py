@@ -280,12 +280,13 @@ def plot_displacement(steps, chosen, rejected, ches=None) -> Figure:
     (pairs,), a third panel of CHES against the final change of log π(y_w)."""
     chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
     fig, axes = _figure(ncols=2 if ches is None else 3, width=4.0, height=3.2)
-    for ax, values, name in zip(axes, (chosen, rejected), ("y_w (chosen)", "y_l (rejected)")):
+    sides = ((chosen, "y_w", "chosen", "C0"), (rejected, "y_l", "rejected", "C3"))
+    for ax, (values, y, side, colour) in zip(axes, sides):
         ax.plot(steps, values, color="grey", lw=0.5, alpha=0.3)
-        ax.plot(steps, values.mean(1), color="C0" if name[2] == "w" else "C3", lw=2, label="mean")
+        ax.plot(steps, values.mean(1), color=colour, lw=2, label="mean")
         ax.axhline(0, color="k", lw=0.8)
-        ax.set(xlabel="DPO step", ylabel=f"log π({name[:3]}) − log π_ref({name[:3]})",
-               title=f"{name}: {np.mean(values[-1] < 0):.0%} fell")
+        ax.set(xlabel="DPO step", ylabel=f"log π({y}) − log π_ref({y})",
+               title=f"{y} ({side}): {np.mean(values[-1] < 0):.0%} fell")
         ax.legend(fontsize=7)
     if ches is not None:
         axes[2].scatter(ches, chosen[-1], s=6, alpha=0.5)
