@@ -72,6 +72,10 @@ def short_reviews():
 # 40 s on 2 idle cores, and 20–30 times that on 2 cores that two other CPU-bound jobs share (torch's threads
 # then wait on each other); a cell past an hour has hung.
 CELL_TIMEOUT = 3600
+# The kernels' OpenMP threads sleep while they wait instead of spinning: on 2 cores that two other CPU-bound jobs
+# share, spinning threads wait on descheduled ones and notebook 04 took 9 minutes instead of 45 s (the sums, and
+# so the pinned trajectories, do not depend on how a thread waits).
+WAIT_POLICY = "PASSIVE"
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +86,7 @@ def ci_course_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ci_course_run")
     with pytest.MonkeyPatch.context() as patch:  # the thread count of the pinned trajectories (test_trajectories)
         patch.setenv("OMP_NUM_THREADS", str(load_script("scripts/pin_trajectories.py").THREADS))
+        patch.setenv("OMP_WAIT_POLICY", WAIT_POLICY)
         run_course("ci", out, ["04_gpt2_preferences", "05_rlhf_vs_dpo", "06_after_dpo", "07_what_goes_wrong"],
                    cell_timeout=CELL_TIMEOUT)
     return out

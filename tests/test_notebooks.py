@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CELL_TIMEOUT
+from conftest import CELL_TIMEOUT, WAIT_POLICY
 
 from dpo_edu import cli
 from dpo_edu.cli import run_course
@@ -27,7 +27,9 @@ def read_run(out) -> dict[str, dict]:
 def execute(name: str, tmp_path_factory) -> dict:
     """Run one notebook into its own run folder through ``dpo-edu run``'s code path."""
     out = tmp_path_factory.mktemp(name)
-    run_course("ci", out, [name], cell_timeout=CELL_TIMEOUT)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_WAIT_POLICY", WAIT_POLICY)
+        run_course("ci", out, [name], cell_timeout=CELL_TIMEOUT)
     return read_run(out)[name]
 
 
