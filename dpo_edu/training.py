@@ -323,9 +323,8 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
     key = {**result_settings(config), **(settings or {})}  # what a checkpoint must be made with
     done, metrics, found = (resume(checkpoint_dir, model, optimizer, key, state)
                             if checkpoint_dir is not None else (0, [], None))
-    if found is not None:
-        if config.progress:
-            print(f"{desc}: resuming from step {done} of {total} ({found})")
+    if found is not None and config.progress:
+        print(f"{desc}: resuming from step {done} of {total} ({found})")
     model.train()
     bar = tqdm(total=total, initial=done, desc=desc, disable=not config.progress)
     batches = iterate_batches(items, config.batch_size, config.seed, start_step=done)
