@@ -2,25 +2,61 @@
 
 They run no experiment (at most an exact formula from ``toy``) and never touch global pyplot
 state (``Figure()`` rather than ``plt.figure()``), so a notebook can show one, a widget can redraw
-one, and a test can inspect one. The explorers in ``widgets`` call these.
+one, and a test can inspect one. The explorers in ``widgets`` call these. Every figure is drawn
+in one style, ``THEME``.
 """
 
 from __future__ import annotations
 
+import functools
+
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torch import Tensor
 
 from . import toy
 from .bradley_terry import Recovery
 
+# The course's style, for figures shown at 100 px an inch in a notebook cell about 1,000 px wide
+# (a laptop's): ``themed`` applies it while a figure is built; pyplot's global settings stay as
+# they are.
+THEME = {"figure.dpi": 100, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+         "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 12,
+         "lines.linewidth": 1.6, "lines.markersize": 5}
+CAPTION_STYLE = {"fontsize": 9, "style": "italic", "color": "0.3"}  # a note under a figure
 
-def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, axes
+
+def themed(plot):
+    """``plot`` with its figure built under ``THEME`` (a ``matplotlib.rc_context``)."""
+
+    @functools.wraps(plot)
+    def themed_plot(*args, **kwargs):
+        with matplotlib.rc_context(THEME):
+            return plot(*args, **kwargs)
+
+    return themed_plot
 
 
+def _figure(panels: int = 1, width: float = 5.0, height: float = 3.6, per_row: int = 3):
+    """A Figure of ``panels`` axes of ``width`` × ``height`` inches in rows of at most ``per_row``,
+    balanced (4 panels: 2 + 2; 5: 3 + 2); the axes in reading order."""
+    rows = -(-panels // per_row)  # ⌈panels / per_row⌉
+    columns = -(-panels // rows)
+    fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for spare in axes[panels:]:
+        spare.remove()
+    return fig, list(axes[:panels])
+
+
+def _caption(fig: Figure, text: str) -> None:
+    """``text`` under the figure, in ``CAPTION_STYLE``; the layout makes room for it."""
+    fig.supxlabel(text, wrap=True, **CAPTION_STYLE)
+
+
+@themed
 def plot_bt_recovery(recovery: Recovery) -> Figure:
     """Fitted against hidden rewards, both centred: on the diagonal = recovered up to a shift."""
     fig, (ax,) = _figure()
@@ -40,6 +76,7 @@ def plot_bt_recovery(recovery: Recovery) -> Figure:
     return fig
 
 
+@themed
 def plot_bt_error_curve(counts, errors) -> Figure:
     """Recovery error against the number of comparisons (log–log), with a 1/√n slope beside it."""
     fig, (ax,) = _figure()
@@ -53,13 +90,14 @@ def plot_bt_error_curve(counts, errors) -> Figure:
     return fig
 
 
+@themed
 def plot_optimal_policy(ref: Tensor, reward: Tensor, beta: float, betas: Tensor) -> Figure:
     """Left: π_ref, π* and r for one prompt. Right: the exact reward–KL curve over ``betas``, with
     the current β marked."""
     bandit = toy.Bandit(ref=ref[None], reward=reward[None])
     pi_star = toy.optimal_policy(bandit.ref, bandit.reward, beta)
     curve_kl, curve_reward = toy.reward_kl_curve(bandit, betas)
-    fig, (left, right) = _figure(ncols=2)
+    fig, (left, right) = _figure(2)
     y = np.arange(bandit.n_responses)
     left.bar(y - 0.2, ref.numpy(), width=0.4, label=r"$\pi_{ref}$", color="tab:gray")
     left.bar(y + 0.2, pi_star[0].numpy(), width=0.4, label=r"$\pi^*$", color="tab:blue")
@@ -82,6 +120,7 @@ def plot_optimal_policy(ref: Tensor, reward: Tensor, beta: float, betas: Tensor)
     return fig
 
 
+@themed
 def plot_convergence(histories: dict[str, list[float]], ylabel: str, title: str,
                      log_y: bool = True) -> Figure:
     """Curves by name over training steps (e.g. max |π − π*| per trainer); log y axis by default."""
@@ -95,10 +134,11 @@ def plot_convergence(histories: dict[str, list[float]], ylabel: str, title: str,
     return fig
 
 
+@themed
 def plot_dpo_loss(margin: float, label_smoothing: float, span: float = 6.0) -> Figure:
     """DPO-family losses and DPO's gradient weight against the implicit-reward margin
     h = r̂_w − r̂_l."""
-    fig, (left, right) = _figure(ncols=2)
+    fig, (left, right) = _figure(2)
     h = np.linspace(-span, span, 400)
     log_sigmoid = -np.logaddexp(0.0, -h)  # log σ(h), stable
     eps = label_smoothing
@@ -111,7 +151,7 @@ def plot_dpo_loss(margin: float, label_smoothing: float, span: float = 6.0) -> F
     left.axvline(margin, color="black", lw=1)
     left.set(xlabel=r"margin h = $\hat r_w - \hat r_l$", ylabel="loss", ylim=(0, 4),
              title="Losses vs margin")
-    left.legend(fontsize=8)
+    left.legend()
     weight = 1 / (1 + np.exp(h))  # σ(r̂_l − r̂_w) = σ(−h)
     right.plot(h, weight, label=r"$\sigma(\hat r_l - \hat r_w)$ (paper §4)")
     right.plot(h, 1 - weight, ls="--", color="gray",
@@ -119,10 +159,11 @@ def plot_dpo_loss(margin: float, label_smoothing: float, span: float = 6.0) -> F
     right.plot([margin], [1 / (1 + np.exp(margin))], "o", color="tab:orange", ms=10)
     right.set(xlabel=r"margin h", ylabel="gradient weight", ylim=(0, 1),
               title="How hard DPO pushes this pair")
-    right.legend(fontsize=8)
+    right.legend()
     return fig
 
 
+@themed
 def plot_implicit_reward(true_reward, implicit_reward) -> Figure:
     """Implicit reward β log π/π_ref against the true reward, one colour per prompt: parallel lines
     of slope 1."""
@@ -133,7 +174,7 @@ def plot_implicit_reward(true_reward, implicit_reward) -> Figure:
         ax.plot(true_reward[x, order], implicit_reward[x, order], "o-", label=f"prompt {x}")
     ax.set(xlabel="true reward r(x, y)", ylabel=r"implicit reward $\beta \log \pi/\pi_{ref}$")
     ax.set_title("Equal up to a per-prompt shift f(x)")
-    ax.legend(fontsize=8)
+    ax.legend()
     return fig
 
 
@@ -146,57 +187,112 @@ def moving_average(values, window: int) -> np.ndarray:
     return sums / np.minimum(np.arange(1, len(values) + 1), window)
 
 
-def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], title: str = "",
-                         smooth: int = 20) -> Figure:
-    """One axis per panel; in each, every listed metric of every run against its ``step``.
+# y-axis words for the metrics the notebooks plot (any other metric: its own name)
+METRIC_LABELS = {"loss": "loss", "eval_loss": "loss", "loss/policy": "loss",
+                 "mean_token_accuracy": "token accuracy", "accuracy": "pair accuracy",
+                 "eval_accuracy": "pair accuracy", "rewards/accuracies": "accuracy",
+                 "rewards/margins": "reward margin",
+                 "logps/chosen": "log π(y | x), summed", "logps/rejected": "log π(y | x), summed",
+                 "eval/reward": "ground-truth reward", "eval/kl": "KL(π ‖ π_ref), nats",
+                 "objective/kl": "KL(π ‖ π_ref), nats", "objective/kl_coef": "KL coefficient β",
+                 "objective/scores": "score s(x, y)", "policy/clipfrac": "fraction clipped"}
+STYLES = ["-", "--", ":", "-."]  # a metric's line style when several runs share a panel
 
-    ``runs``: run name → metric rows as the trainers log them (rows without a metric are skipped).
-    ``smooth``: long noisy curves are drawn faint under their moving average (0 or 1: never).
+
+@themed
+def plot_training_curves(runs: dict[str, list[dict]], panels: list[list[str]], title: str = "",
+                         smooth: int = 20, caption: str = "") -> Figure:
+    """One axis per panel, in rows of at most three; in each, every listed metric of every run
+    against its ``step``, and a y label in words (``METRIC_LABELS``).
+
+    ``runs``: run name → metric rows as the trainers log them (rows without a metric are skipped;
+    where the steps start again, as a setting's next seed under the same name, the curve breaks).
+    One run: a colour a metric. Several: a colour a run, named in a legend that takes the grid's
+    next cell, and a line style a metric. ``smooth``: long noisy curves are drawn faint under their
+    moving average (0 or 1: never), which the caption says. ``caption``: a note under the figure.
     """
-    fig, axes = _figure(ncols=len(panels), width=4.0, height=3.2)
-    styles = ["-", "--", ":", "-."]
+    several = len(runs) > 1
+    fig, axes = _figure(len(panels) + several, width=3.3, height=2.6)
+    palette = matplotlib.colormaps["tab10" if len(runs) <= 10 else "tab20"].colors
+    colours, smoothed = {}, False  # the runs drawn, and their colours
     for ax, metrics in zip(axes, panels):
+        shown = {}  # this panel's metrics that have points: their legend entries
         for run_index, (run, rows) in enumerate(runs.items()):
+            colour = palette[run_index % len(palette)]
             for metric_index, metric in enumerate(metrics):
                 points = [(row["step"], row[metric]) for row in rows if metric in row]
                 if not points:
                     continue
-                steps, values = zip(*points)
-                label = metric if len(runs) == 1 else f"{run}: {metric}"
-                style = {"color": f"C{metric_index if len(runs) == 1 else run_index}",
-                         "ls": "-" if len(runs) == 1 else styles[metric_index % len(styles)]}
-                if len(points) < 30:
-                    ax.plot(steps, values, marker=".", label=label, **style)
-                elif smooth > 1 and len(points) >= 5 * smooth:
-                    ax.plot(steps, values, lw=0.6, alpha=0.25, **style)
-                    ax.plot(steps, moving_average(values, smooth),
-                            label=f"{label} (mean of {smooth})", **style)
-                else:
-                    ax.plot(steps, values, label=label, **style)
-        ax.set(xlabel="step", title=", ".join(metrics) if len(metrics) == 1 else "")
-        if ax.lines and (len(metrics) > 1 or len(runs) > 1):
-            ax.legend(fontsize=7)
+                style = ({"color": colour, "ls": STYLES[metric_index % len(STYLES)]} if several
+                         else {"color": f"C{metric_index}", "ls": "-"})
+                smoothed |= _curve(ax, *zip(*points), smooth, style)
+                colours[run] = colour
+                shown[metric] = {**style, "color": "0.3"} if several else style
+        words = dict.fromkeys(METRIC_LABELS.get(m, m) for m in metrics)
+        ax.set(xlabel="step", ylabel=" / ".join(words), title=", ".join(metrics))
+        if len(shown) > 1:
+            ax.legend([Line2D([], [], **style) for style in shown.values()], list(shown))
+    if several:
+        axes[-1].axis("off")
+        axes[-1].legend([Line2D([], [], color=c) for c in colours.values()], list(colours),
+                        loc="center", ncol=1 if len(colours) <= 12 else 2, title="runs")
     if title:
         fig.suptitle(title)
+    note = f"Faint: every step; solid: the mean of the last {smooth} steps" if smoothed else ""
+    if caption or note:
+        _caption(fig, ". ".join(filter(None, (caption.rstrip("."), note))) + ".")
     return fig
 
 
+def _curve(ax, steps, values, smooth: int, style: dict) -> bool:
+    """One metric of one run: with markers when short, faint under its moving average when long
+    (``plot_training_curves``); broken where the steps start again. True when it was smoothed."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    pieces = np.split(np.arange(len(steps)), np.flatnonzero(np.diff(steps) <= 0) + 1)
+
+    def joined(arrays):  # one line, NaN between the pieces
+        return np.concatenate([np.append(a, np.nan) for a in arrays])[:-1]
+
+    x, y = joined([steps[p] for p in pieces]), joined([values[p] for p in pieces])
+    if len(steps) < 30:
+        ax.plot(x, y, marker=".", **style)
+        return False
+    if smooth > 1 and len(steps) >= 5 * smooth:
+        ax.plot(x, y, lw=0.6, alpha=0.25, **style)
+        ax.plot(x, joined([moving_average(values[p], smooth) for p in pieces]), **style)
+        return True
+    ax.plot(x, y, **style)
+    return False
+
+
+def centred(scores) -> np.ndarray:
+    """``scores`` minus their mean: all a Bradley–Terry score of one prompt's completions says (it
+    is defined only up to a shift, notebook 01)."""
+    scores = np.asarray(scores, dtype=float)
+    return scores - scores.mean()
+
+
+@themed
 def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
-    """The ground-truth reward of each sampled completion of one prompt (and a reward model's)."""
+    """The ground-truth reward p(positive) of each sampled completion of one prompt, as bars; with
+    ``model_scores``, the reward model's r_φ as points, ``centred``: only its differences between
+    completions of one prompt mean anything, and bars from 0 would invent a scale."""
     fig, (ax,) = _figure(width=6)
     index = np.arange(len(rewards))
-    width = 0.4 if model_scores is not None else 0.6
-    offset = width / 2 if model_scores is not None else 0
-    ax.bar(index - offset, rewards, width=width, label="ground truth p(positive)")
-    ax.set(xlabel="completion", ylabel="ground-truth reward", ylim=(0, 1), title=f"“{prompt}” …")
+    ax.bar(index, rewards, width=0.6, color="tab:blue", label="ground truth p(positive)")
+    ax.set(xlabel="completion", ylabel="ground-truth reward p(positive)", ylim=(0, 1),
+           title=f"“{prompt}” …")
     ax.set_xticks(index)
     if model_scores is not None:
+        shifted = centred(model_scores)
+        lim = 1.2 * np.abs(shifted).max() or 1.0  # symmetric about the mean
         twin = ax.twinx()
-        twin.bar(index + width / 2, model_scores, width=width, color="tab:orange",
-                 label="reward model r_φ")
-        twin.set_ylabel("reward-model score", color="tab:orange")
-        ax.legend(handles=ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0],
-                  fontsize=8)
+        twin.axhline(0.0, color="tab:orange", lw=0.8, ls=":")
+        twin.plot(index, shifted, "D", color="tab:orange", ms=8,
+                  label="reward model r_φ − its mean (a shift means nothing)")
+        twin.set(ylim=(-lim, lim))
+        twin.set_ylabel("r_φ − mean over the completions", color="tab:orange")
+        fig.legend(loc="outside lower center", ncol=2)
     return fig
 
 
@@ -205,6 +301,7 @@ METHOD_COLOURS = {"DPO": "C0", "IPO": "C9", "cDPO": "C4", "PPO": "C1", "PPO-GT":
                   "RLOO": "C6", "GRPO": "C8", "Online DPO": "navy"}
 
 
+@themed
 def plot_study(study: dict, shipped: dict | None = None, methods=None,
                budget: float | None = None) -> Figure:
     """A frontier study (``study.study_json``): every method's evaluations (faint, seeds averaged),
@@ -242,7 +339,7 @@ def plot_study(study: dict, shipped: dict | None = None, methods=None,
         ax.axvline(budget, color="k", lw=0.8, ls="--")
     ax.set(xlabel="sequence KL(π ‖ π_ref), report prompts (nats)", ylabel="ground-truth reward",
            title="Reward–KL frontier: chosen on select prompts, read on report prompts")
-    ax.legend(fontsize=7, ncol=2)
+    fig.legend(loc="outside right upper")
     return fig
 
 
@@ -254,10 +351,11 @@ def _seed_means(points) -> list[tuple[float, float]]:
     return [tuple(np.mean(values, axis=0)) for values in groups.values()]
 
 
+@themed
 def plot_overoptimisation(runs: list[dict]) -> Figure:
     """Over-optimisation along PPO runs (``study`` runs with ``eval/rm_score``): the ground-truth
     reward and the reward model's score of the same samples as the KL grows, seeds averaged."""
-    fig, axes = _figure(ncols=2, width=4.6, height=3.6)
+    fig, axes = _figure(2, width=4.6, height=3.6)
     settings = dict.fromkeys(run["setting"] for run in runs)
     for colour, setting in enumerate(settings):
         rows = [row for run in runs if run["setting"] == setting for row in run["metrics"]
@@ -270,16 +368,17 @@ def plot_overoptimisation(runs: list[dict]) -> Figure:
             ax.plot(kl, values, marker="o", color=f"C{colour}", label=setting)
     axes[0].set(xlabel="KL(π ‖ π_ref)", ylabel="ground-truth reward", title="what we want")
     axes[1].set(xlabel="KL(π ‖ π_ref)", ylabel="reward model's score r_φ", title="what PPO climbs")
-    axes[1].legend(fontsize=7)
+    axes[1].legend()
     return fig
 
 
+@themed
 def plot_displacement(steps, chosen, rejected, ches=None) -> Figure:
     """Likelihood displacement (notebook 07): each tracked pair's change of log π(y_w) and
     log π(y_l) since π_ref, (evaluations × pairs) arrays, thin, with their mean; with ``ches``
     (pairs,), a third panel of CHES against the final change of log π(y_w)."""
     chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
-    fig, axes = _figure(ncols=2 if ches is None else 3, width=4.0, height=3.2)
+    fig, axes = _figure(2 if ches is None else 3, width=4.0, height=3.2)
     sides = ((chosen, "y_w", "chosen", "C0"), (rejected, "y_l", "rejected", "C3"))
     for ax, (values, y, side, colour) in zip(axes, sides):
         ax.plot(steps, values, color="grey", lw=0.5, alpha=0.3)
@@ -287,7 +386,7 @@ def plot_displacement(steps, chosen, rejected, ches=None) -> Figure:
         ax.axhline(0, color="k", lw=0.8)
         ax.set(xlabel="DPO step", ylabel=f"log π({y}) − log π_ref({y})",
                title=f"{y} ({side}): {np.mean(values[-1] < 0):.0%} fell")
-        ax.legend(fontsize=7)
+        ax.legend()
     if ches is not None:
         axes[2].scatter(ches, chosen[-1], s=6, alpha=0.5)
         axes[2].axhline(0, color="k", lw=0.8)
@@ -296,15 +395,16 @@ def plot_displacement(steps, chosen, rejected, ches=None) -> Figure:
     return fig
 
 
+@themed
 def plot_kl_estimators(estimates: dict, exact_mean: float) -> Figure:
     """Histograms of per-sequence KL estimates (name → values), the exact KL's mean marked."""
-    fig, axes = _figure(ncols=len(estimates), width=3.2, height=2.8)
+    fig, axes = _figure(len(estimates), width=3.2, height=2.8)
     for ax, (name, values) in zip(axes, estimates.items()):
         values = np.asarray(values, dtype=float)
         ax.hist(values, bins=30, color="C0", alpha=0.7)
         ax.axvline(exact_mean, color="k", lw=1.5, label=f"KL {exact_mean:.2f}")
         ax.axvline(values.mean(), color="C3", ls="--", label=f"mean {values.mean():.2f}")
         ax.set(xlabel=f"{name} summed over a response", ylabel="samples", title=name)
-        ax.legend(fontsize=7)
+        ax.legend()
     return fig
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .models import encode_pairs, position_ids_from_mask
+from .progress import progress_bar
 from .validate import check_int, check_positive
 
 
@@ -65,8 +66,6 @@ def generate(
     A seed fixes the samples for a given ``batch_size``. ``return_ids`` adds ``ids``
     (n, max_new_tokens), pads after a row's EOS, and ``mask``, 1 on generated tokens, EOS included.
     """
-    from tqdm.auto import tqdm
-
     if temperature != 0:
         check_positive("temperature", temperature)
     if max_new_tokens < 1:
@@ -84,7 +83,7 @@ def generate(
     all_ids, all_mask = [], []
     starts = range(0, len(prompts), batch_size)
     try:
-        for start in tqdm(starts, desc="generate",
+        for start in progress_bar(starts, desc="generate",
                           disable=not progress if progress is not None else len(starts) < 2):
             chunk = list(prompts[start : start + batch_size])
             batch = encode_pairs(tokenizer, chunk, [[]] * len(chunk))  # left-padded prompts

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 from . import frontier, pipeline, runs
 from .data import save_json
 from .presets import Preset
+from .progress import progress_bar
 from .stages import changes
 
 
@@ -163,8 +164,6 @@ def run_study(preset: Preset, run_dir, seed: int = 0, methods=None, workers: int
     """Every setting × seed of the frontier (seeds ``seed``, ``seed + 1``, …), run by run in
     ``workers`` processes of one thread each; each finished run is reused, so an interrupted study
     restarts where it stopped. A folder of another preset's or another π_ref's study is refused."""
-    from tqdm.auto import tqdm
-
     _claim(preset, run_dir, seed)
     shared = prepare(preset, run_dir, seed=seed)
     jobs = [(s, seed + k) for s in settings(preset, methods)
@@ -174,11 +173,12 @@ def run_study(preset: Preset, run_dir, seed: int = 0, methods=None, workers: int
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                  initargs=(preset, str(run_dir), seed)) as pool:
             futures = [pool.submit(_work, setting, run_seed) for setting, run_seed in jobs]
-            for future in tqdm(as_completed(futures), total=len(futures), desc="frontier runs",
-                               disable=not progress):
+            for future in progress_bar(as_completed(futures), total=len(futures),
+                                       desc="frontier runs", disable=not progress):
                 future.result()  # a worker's error stops the study, naming its run
     trained = []
-    for setting, run_seed in tqdm(jobs, desc="frontier runs", disable=not progress or workers > 1):
+    for setting, run_seed in progress_bar(jobs, desc="frontier runs",
+                                          disable=not progress or workers > 1):
         run = run_one(preset, run_dir, shared, setting, run_seed,  # reads back what workers made
                       callback=callback(f"{setting.method} {setting.name}") if callback else None)
         trained.append({"method": setting.method, "setting": setting.name, "seed": run_seed,

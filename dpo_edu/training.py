@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import resume, save_checkpoint
+from .progress import progress_bar
 from .validate import NonFiniteError, check_int, check_positive
 
 SCHEDULES = ("constant", "linear")
@@ -312,8 +313,6 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
     ``step(batch, optimizer) -> metrics`` is one step; ``show`` names the progress bar's metrics.
     With ``checkpoint_dir`` it resumes; ``state``: resumable values; ``settings``: what must match.
     """
-    from tqdm.auto import tqdm
-
     total = config.total_steps(len(items))
     per_epoch = batches_per_epoch(len(items), config.batch_size)
     seed_everything(config.seed)
@@ -326,7 +325,7 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
     if found is not None and config.progress:
         print(f"{desc}: resuming from step {done} of {total} ({found})")
     model.train()
-    bar = tqdm(total=total, initial=done, desc=desc, disable=not config.progress)
+    bar = progress_bar(total=total, initial=done, desc=desc, disable=not config.progress)
     batches = iterate_batches(items, config.batch_size, config.seed, start_step=done)
     try:
         while done < total:
@@ -335,8 +334,9 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
             optimizer.schedule.step()
             done += 1
             row = {"step": done, "epoch": done / per_epoch, **row, "learning_rate": lr}
-            if eval_fn is not None and (done == total or (config.eval_every
-                                                          and done % config.eval_every == 0)):
+            evaluate = eval_fn is not None and (
+                done == total or (config.eval_every and done % config.eval_every == 0))
+            if evaluate:
                 row.update(eval_fn())
                 model.train()
             metrics.append(row)
@@ -345,7 +345,7 @@ def train_loop(model: nn.Module, items: Sequence, step: Callable[[Batch, Optimiz
             bar.set_postfix({k.split("/")[-1]: f"{row[k]:.4g}" for k in show if k in row},
                             refresh=False)  # drawn at tqdm's own pace
             bar.update(1)
-            if callback is not None and (done % config.log_every == 0 or done == total):
+            if callback is not None and (done % config.log_every == 0 or done == total or evaluate):
                 callback(done, dict(row))  # a copy: a callback cannot alter the log
     finally:
         bar.close()

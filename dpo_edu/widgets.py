@@ -117,15 +117,18 @@ def explore_dpo_loss(margin: float = 0.0, label_smoothing: float = 0.1):
 
 
 def samples_table(sample: dict, model_scores=None) -> str:
-    """HTML: one prompt's completions with their rewards, then its pairs as chosen ≻ rejected."""
+    """HTML: one prompt's completions with their rewards (and r_φ minus its mean over them, as
+    ``plots.plot_prompt_samples`` draws it), then its pairs as chosen ≻ rejected."""
+    if model_scores is not None:
+        model_scores = plots.centred(model_scores)
     rows = "".join(
         f"<tr><td>{i}</td><td>{html.escape(text)}</td><td>{reward:.3f}</td>"
-        + (f"<td>{model_scores[i]:.3f}</td>" if model_scores is not None else "")
+        + (f"<td>{model_scores[i]:+.3f}</td>" if model_scores is not None else "")
         + "</tr>"
         for i, (text, reward) in enumerate(zip(sample["completions"], sample["rewards"]))
     )
     head = ("<tr><th>#</th><th>completion</th><th>reward</th>"
-            + ("<th>r_φ</th>" if model_scores is not None else ""))
+            + ("<th>r_φ − mean</th>" if model_scores is not None else ""))
     rewards = sample["rewards"]
     pairs = ", ".join(
         f"{i} ≻ {j}" if rewards[i] > rewards[j] else f"{j} ≻ {i}"
@@ -137,7 +140,8 @@ def samples_table(sample: dict, model_scores=None) -> str:
 
 
 def explore_samples(samples: list[dict], model_scores: list[list[float]] | None = None):
-    """A prompt slider → its completions, ground-truth rewards (and reward-model scores) and pairs.
+    """A prompt slider → its completions, ground-truth rewards (and reward-model scores, minus their
+    mean) and pairs.
 
     ``samples`` are rows of ``pairs/samples.jsonl``: ``{"prompt", "completions", "rewards"}``.
     """

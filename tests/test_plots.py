@@ -1,5 +1,6 @@
 """The figures are pure functions of their inputs: check what they draw, not how it looks."""
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -85,15 +86,91 @@ def test_long_curves_are_smoothed_and_a_run_keeps_its_colour():
     assert mean_chosen.get_color() == mean_rejected.get_color() != short_chosen.get_color()
     assert (mean_chosen.get_linestyle(), mean_rejected.get_linestyle()) == ("-", "--")
     assert len(short_chosen.get_xdata()) == 10 and short_chosen.get_marker() == "."  # short: raw, with markers
-    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "DPO β=0.1: logps/chosen (mean of 5)"
+    # the panel's legend names its metrics' line styles; the next cell names the runs' colours
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["logps/chosen", "logps/rejected"]
+    runs_legend = fig.axes[1].get_legend()
+    assert [t.get_text() for t in runs_legend.get_texts()] == ["DPO β=0.1", "DPO β=1"]
+    assert [line.get_color() for line in runs_legend.get_lines()] == [mean_chosen.get_color(), short_chosen.get_color()]
+    assert fig.get_supxlabel() == "Faint: every step; solid: the mean of the last 5 steps."
     unsmoothed = plots.plot_training_curves(runs, [["logps/chosen"]], smooth=0)
-    assert len(unsmoothed.axes[0].lines) == 2
+    assert len(unsmoothed.axes[0].lines) == 2 and unsmoothed.get_supxlabel() == ""
 
 
-def test_prompt_samples_bars_are_the_rewards():
-    fig = plots.plot_prompt_samples("The film", [0.1, 0.9, 0.5, 0.3], model_scores=[1.0, 2.0, 0.0, -1.0])
-    np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches], [0.1, 0.9, 0.5, 0.3])
-    np.testing.assert_allclose([p.get_height() for p in fig.axes[1].patches], [1.0, 2.0, 0.0, -1.0])
+NOTEBOOK_05_DASHBOARD = [["eval/reward"], ["eval/kl"], ["loss", "loss/policy"],
+                         ["rewards/margins", "rewards/accuracies"], ["logps/chosen", "logps/rejected"]]
+
+
+def _dashboard_rows(evals=3, steps=36):
+    """Two settings as notebook 05's dashboard gets them: every step's training metrics and, every
+    ``steps / evals`` steps, an evaluation; two seeds of one setting under one name, one after the other."""
+    def run(offset):
+        return [{"step": s, "loss": 0.7 - s / 100 + offset, "rewards/margins": s / 10, "rewards/accuracies": 0.6,
+                 "logps/chosen": -40.0, "logps/rejected": -42.0 - s / 10,
+                 **({"eval/reward": 0.5 + s / 100 + offset, "eval/kl": s / 5} if s % (steps // evals) == 0 else {})}
+                for s in range(1, steps + 1)]
+    return {"DPO β=0.1": run(0.0) + run(0.01), "DPO β=1": run(0.1)}
+
+
+def test_training_curves_are_a_grid_that_reads_at_a_laptops_width():
+    """Issue 16: notebook 05's five panels were one row 20 inches wide, shown ~1,000 px wide with legends ~5 px
+    tall. Now rows of at most three (the runs' legend in the spare cell), 100 px an inch, ≤ 1,000 px wide,
+    and a y label in words on every panel."""
+    fig = plots.plot_training_curves(_dashboard_rows(), NOTEBOOK_05_DASHBOARD)
+    panels, legend = fig.axes[:5], fig.axes[5]
+    assert len(fig.axes) == 6
+    assert {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes} == {(2, 3)}  # 2 rows × 3 columns
+    assert fig.get_size_inches()[0] * fig.dpi <= 1000 and fig.dpi == plots.THEME["figure.dpi"]
+    assert [ax.get_ylabel() for ax in panels] == ["ground-truth reward", "KL(π ‖ π_ref), nats", "loss",
+                                                 "reward margin / accuracy", "log π(y | x), summed"]
+    assert not legend.axison and len(legend.get_legend().get_texts()) == 2
+    one_run = plots.plot_training_curves({"SFT": _dashboard_rows()["DPO β=1"]}, [["loss"], ["x"], ["y"], ["z"]])
+    assert {ax.get_subplotspec().get_geometry()[:2] for ax in one_run.axes} == {(2, 2)}  # 4 panels: 2 × 2
+    assert [ax.get_ylabel() for ax in one_run.axes] == ["loss", "x", "y", "z"]  # unknown metrics: their names
+
+
+def test_training_curves_draw_every_evaluation_and_break_between_seeds():
+    """Every evaluation row is a point; a setting's second seed starts a new piece of the same line (a NaN
+    between), not a stroke back from its last step to step 1."""
+    runs = _dashboard_rows()
+    fig = plots.plot_training_curves(runs, NOTEBOOK_05_DASHBOARD)
+    seeds, one_seed = fig.axes[0].lines
+    evals = [(row["step"], row["eval/reward"]) for row in runs["DPO β=0.1"] if "eval/reward" in row]
+    assert len(evals) == 6 and seeds.get_marker() == "."
+    x, y = seeds.get_data()
+    assert np.isnan(x[3]) and np.isnan(y[3])
+    np.testing.assert_allclose(np.delete(seeds.get_xydata(), 3, axis=0), evals)
+    assert len(one_seed.get_xdata()) == 3
+
+
+def test_every_figure_is_drawn_in_the_course_theme_without_touching_pyplot():
+    before = dict(matplotlib.rcParams)
+    assert all(hasattr(f, "__wrapped__") for name, f in vars(plots).items() if name.startswith("plot_"))
+    with matplotlib.rc_context({"legend.fontsize": 5, "xtick.labelsize": 5, "figure.dpi": 50}):
+        fig = plots.plot_training_curves({"SFT": [{"step": 1, "loss": 1.0, "eval_loss": 1.2}]},
+                                         [["loss", "eval_loss"]], caption="Drawn from the saved metrics")
+    ax = fig.axes[0]
+    assert fig.dpi == 100 and ax.get_legend().get_texts()[0].get_fontsize() == plots.THEME["legend.fontsize"]
+    assert ax.xaxis.get_major_ticks()[0].label1.get_fontsize() == plots.THEME["xtick.labelsize"]
+    assert ax.yaxis.label.get_fontsize() == plots.THEME["axes.labelsize"]
+    assert fig.get_supxlabel() == "Drawn from the saved metrics."  # the caption, under the panels
+    assert fig._supxlabel.get_fontsize() == plots.CAPTION_STYLE["fontsize"]
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_prompt_samples_draw_the_reward_model_centred_as_points():
+    """Issue 16: r_φ is defined up to a shift (notebook 01), so it is not drawn as bars from 0: as points,
+    minus their mean over the completions, on an axis symmetric about 0 that says so."""
+    scores = [2.0, 3.0, 1.0, 6.0]  # mean 3
+    fig = plots.plot_prompt_samples("The film", [0.1, 0.9, 0.5, 0.3], model_scores=scores)
+    truth, twin = fig.axes
+    np.testing.assert_allclose([p.get_height() for p in truth.patches], [0.1, 0.9, 0.5, 0.3])
+    assert truth.get_ylim() == (0, 1) and not twin.patches
+    points = [line for line in twin.lines if line.get_marker() == "D"][0]
+    np.testing.assert_allclose(points.get_xydata(), [[0, -1.0], [1, 0.0], [2, -2.0], [3, 3.0]])
+    low, high = twin.get_ylim()
+    assert low == -high and high >= 3.0 and "− mean" in twin.get_ylabel()
+    assert len(plots.plot_prompt_samples("The film", [0.5, 0.5]).axes) == 1
+    plots.plot_prompt_samples("The film", [0.5, 0.5], model_scores=[1.0, 1.0])  # equal scores: still an axis
 
 
 def _study(points, selected, rows, reference=0.5):

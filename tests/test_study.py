@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY_RUN, load_script
 
 from dpo_edu import cli, frontier, plots, study
+from dpo_edu.live import LiveCurves
 from dpo_edu.presets import METHODS, PRESETS, get_preset
 
 # a whole study in seconds: π_ref's SFT, pairs, reward model and every run of two steps, 2 seeds
@@ -109,6 +110,26 @@ def test_a_second_study_reuses_every_run_and_another_preset_is_refused(tiny_stud
     other = get_preset("ci", {**TINY_STUDY, "sft.lr": 5e-4}, verbose=False)
     with pytest.raises(ValueError, match=r"holds another study \(reference.sft.lr differ\)"):
         study.run_study(other, folder, progress=False)
+
+
+def test_a_live_dashboard_receives_every_evaluation_of_a_dpo_run(tiny_study, tmp_path):
+    """Issue 16: DPO called back every 10 steps (its ``log_every``) but evaluated every ⌈steps / evals⌉ steps, so
+    notebook 05's dashboard drew only each DPO run's last evaluation. The tiny study's DPO runs, trained again on a
+    copy of its folder with a dashboard: every evaluation reaches it, and the runs are the same as without one."""
+    preset, folder, result = tiny_study
+    copy = tmp_path / "study"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(copy / "runs" / "dpo")
+    dashboard = LiveCurves([["eval/reward"], ["eval/kl"]])
+    again = study.run_study(preset, copy, methods=["DPO"], callback=dashboard.run, progress=False)
+    assert [r["metrics"] for r in again.runs] == [r["metrics"] for r in result.runs if r["method"] == "DPO"]
+    for setting in ("β=0.1", "β=1"):  # both seeds of a setting are drawn as one run, one after the other
+        saved = [row for run in again.runs if run["setting"] == setting for row in run["metrics"]
+                 if "eval/reward" in row]
+        live = [row for row in dashboard.runs[f"DPO {setting}"] if "eval/reward" in row]
+        assert len(saved) == preset.frontier.seeds * preset.frontier.evals
+        assert [(row["step"], row["eval/reward"], row["eval/kl"]) for row in live] == [
+            (row["step"], row["eval/reward"], row["eval/kl"]) for row in saved]
 
 
 def test_the_command_writes_the_json_and_figure_and_prints_the_table(tmp_path, capsys, one_thread):

@@ -218,6 +218,14 @@ def test_callback_every_log_every_and_at_the_end():
     assert seen == [(3, 3), (6, 6), (7, 7)]
 
 
+def test_callback_also_at_every_evaluation():
+    """Issue 16: notebook 05's dashboard drew only DPO's last evaluation (log_every 10, evaluations every 12)."""
+    seen = []
+    _train(_config(steps=7, log_every=3, eval_every=2), eval_fn=lambda: {"eval_loss": 1.0},
+           callback=lambda step, row: seen.append((step, "eval_loss" in row)))
+    assert seen == [(2, True), (3, False), (4, True), (6, True), (7, True)]
+
+
 def test_progress_bar_shows_the_latest_loss(capsys, tmp_path):
     _train(_config(steps=3, progress=True), checkpoint_dir=tmp_path)
     err = capsys.readouterr().err

@@ -71,6 +71,15 @@ def test_samples_explorer_lists_completions_and_pairs():
     assert "I &lt;3" in readout.value and "0 ≻ 3" in readout.value  # the prompt is HTML-escaped
 
 
+def test_samples_explorer_reads_the_reward_model_minus_its_mean():
+    """r_φ is defined up to a shift: the readout, like the figure, gives it minus its mean over the completions."""
+    samples = [{"prompt": "The film", "completions": [" a", " b", " c"], "rewards": [0.1, 0.9, 0.5]}]
+    box = widgets.explore_samples(samples, model_scores=[[4.0, 7.0, 4.0]])
+    _, readout = controls_readout(box)
+    assert "<th>r_φ − mean</th>" in readout.value
+    assert [cell in readout.value for cell in ("<td>-1.000</td>", "<td>+2.000</td>")] == [True, True]
+
+
 def test_study_explorer_reads_the_table_at_the_chosen_budget():
     from test_plots import STUDY
 
@@ -94,3 +103,23 @@ def test_live_curves_keep_every_run():
     expected = {"a": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}], "b": [{"step": 1, "loss": 2.0}]}
     assert dashboard.runs == expected
     assert len(dashboard.figure().axes[0].lines) == 2
+
+
+def test_live_curves_draw_every_evaluation_and_other_rows_at_most_every_few_seconds():
+    """A trainer may call back every step; drawing a dashboard takes most of a second. Rows with an evaluation are
+    drawn at once, others once ``every_seconds`` have passed; every row is kept either way."""
+    from dpo_edu.live import LiveCurves
+
+    dashboard = LiveCurves([["loss"], ["eval/reward"]], caption="As they train", every_seconds=3600)
+    drawn = []
+    dashboard.show = lambda: drawn.append(sum(map(len, dashboard.runs.values())))  # rows seen at each drawing
+    callback = dashboard.run("DPO")
+    for step in range(1, 7):
+        callback(step, {"loss": 1.0 / step, **({"eval/reward": 0.5} if step % 3 == 0 else {})})
+    assert drawn == [1, 3, 6] and len(dashboard.runs["DPO"]) == 6  # the first row, then each evaluation
+    assert dashboard.figure().get_supxlabel() == "As they train."
+    every_row = LiveCurves([["loss"]], every_seconds=0)
+    every_row.show = lambda: drawn.append("row")
+    every_row(1, {"loss": 1.0})
+    every_row(2, {"loss": 0.5})
+    assert drawn[-2:] == ["row", "row"]
