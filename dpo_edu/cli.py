@@ -8,6 +8,9 @@
                      [--json FILE] [--set SECTION.FIELD=VALUE ...]
         the reward–KL frontier study: every method × setting × seed, resumable, and its matched-KL
         table with 95 % intervals (frontier.json, frontier.png);
+    dpo-edu workspace [FOLDER]
+        copy the course notebooks into FOLDER/notebooks (default dpo-edu-course) to open and run
+        there, so the clone stays as committed; a notebook already there is kept, never replaced;
     dpo-edu check
         report the environment: torch, device, Hub reachability, the preset ``auto`` would pick;
     dpo-edu student [--out FOLDER] [--no-run-tests]
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -163,6 +167,23 @@ def run_frontier(preset_name: str, out: Path, overrides: dict, seed: int = 0, wo
     return shipped
 
 
+def make_workspace(folder: Path) -> Path:
+    """Copy the course notebooks (not their jupytext ``.py`` twins) into ``folder/notebooks``, where
+    each notebook's default run folder is ``folder/runs/PRESET``. A notebook already there is a
+    student's work: it is kept, and named. Returns the notebooks' folder."""
+    notebooks = make_folder(folder, "workspace") / "notebooks"
+    notebooks.mkdir(exist_ok=True)
+    for source in course_notebooks():
+        target = notebooks / source.name
+        if target.exists():
+            print(f"kept     {target} (already there: your copy, unchanged)")
+        else:
+            shutil.copyfile(source, target)
+            print(f"copied   {target}")
+    print(f"\nOpen the course with:  jupyter lab {notebooks}")
+    return notebooks
+
+
 def check() -> None:
     """Print what the course will run on."""
     import torch
@@ -204,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     study.add_argument("--json", type=Path, help="the JSON's path (default: OUT/frontier.json)")
     study.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="replace a preset field, as for run")
+    workspace = commands.add_parser(
+        "workspace", help="copy the course notebooks into a folder of your own to work in")
+    workspace.add_argument("folder", nargs="?", type=Path, default=Path("dpo-edu-course"),
+                           help="default: dpo-edu-course")
     commands.add_parser("check",
                         help="report torch, device, Hub reachability and the preset 'auto' picks")
     student = commands.add_parser(
@@ -233,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                      args.json or out / "frontier.json", " ".join(["dpo-edu", *sys.argv[1:]]))
     elif args.command == "student":
         build_assignments(args.out, run_tests=not args.no_run_tests)
+    elif args.command == "workspace":
+        make_workspace(args.folder)
     else:
         check()
 

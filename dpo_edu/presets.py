@@ -108,6 +108,7 @@ class Frontier:
 class Preset:
     name: str  # "ci", "cpu" or "gpt2"
     description: str  # one line shown when the preset is chosen
+    stages_time: str  # how long notebook 04's stages take to build, said when another notebook must
     toy: ToySizes  # notebooks 01–03
     model: ModelConfig  # the policy and its tokenizer (models.py)
     data: DataConfig  # the IMDb reviews read (data.py)
@@ -130,6 +131,7 @@ PRESETS = {
     "ci": Preset(
         name="ci",
         description="tiny GPT-2 on a few hundred reviews: seconds per notebook, CPU, offline",
+        stages_time="about 20 seconds on 2 CPU cores",
         toy=ToySizes(steps=1500, pairs=20_000, bt_max_comparisons=20_000, bt_repeats=3),
         model=ModelConfig(n_layer=4, n_head=4, n_embd=128, n_positions=128, vocab_size=2000),
         data=DataConfig(reviews=400),
@@ -161,6 +163,7 @@ PRESETS = {
     "cpu": Preset(
         name="cpu",
         description="tiny GPT-2 on thousands of reviews: minutes per notebook, CPU, offline",
+        stages_time="about 6 minutes on 2 CPU cores",
         toy=ToySizes(steps=3000, pairs=100_000, bt_max_comparisons=100_000, bt_repeats=7),
         model=ModelConfig(n_layer=4, n_head=6, n_embd=192, n_positions=256, vocab_size=4000),
         data=DataConfig(reviews=5000),
@@ -205,6 +208,7 @@ PRESETS = {
     "gpt2": Preset(
         name="gpt2",
         description="GPT-2 (124 M) from the Hugging Face Hub: tens of minutes on one GPU",
+        stages_time="tens of minutes on one GPU (not yet measured)",
         toy=ToySizes(steps=3000, pairs=100_000, bt_max_comparisons=100_000, bt_repeats=7),
         # vocab_size: gpt2's own, so a random_init run times the real output layer; float32, since a
         # 1e-6 learning-rate step vanishes in bfloat16 weights

@@ -105,6 +105,11 @@ def _altered(folder: Path, name: str) -> list[str]:
     return out
 
 
+def finished(folder, settings: dict) -> bool:
+    """Whether ``folder`` holds a finished stage of ``settings`` (``stage`` checks its files)."""
+    return _read(Path(folder) / SETTINGS) == json.loads(json.dumps(settings))
+
+
 def stage(folder, settings: dict, build: Callable[[Path], None], name: str) -> Stage:
     """The stage in ``folder``: kept if its settings equal ``settings`` and its files are those it
     wrote, else ``build(folder)``; the reason is printed."""

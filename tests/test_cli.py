@@ -157,3 +157,23 @@ def test_a_failing_notebook_reports_its_cause_first(tmp_path, monkeypatch):
                      "unreachable")
     assert second == f"(the whole traceback: {tmp_path / 'run' / '01_fails.ipynb'})"
     assert (tmp_path / "run" / "01_fails.ipynb").is_file()
+
+
+def test_workspace_copies_the_notebooks_and_keeps_a_students_copy(tmp_path, capsys):
+    """Issue 16: running the course inside the clone left it modified; students work in a copy."""
+    folder = tmp_path / "course"
+    notebooks = cli.make_workspace(folder)
+    assert notebooks == folder / "notebooks"
+    sources = cli.course_notebooks()
+    assert sorted(p.name for p in notebooks.iterdir()) == [p.name for p in sources]  # no .py twins
+    assert all((notebooks / p.name).read_bytes() == p.read_bytes() for p in sources)
+    mine = notebooks / sources[0].name
+    mine.write_text("my answers")
+    capsys.readouterr()
+    cli.main(["workspace", str(folder)])
+    out = capsys.readouterr().out
+    assert mine.read_text() == "my answers" and f"kept     {mine}" in out
+    assert f"jupyter lab {notebooks}" in out
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file"):
+        cli.make_workspace(tmp_path / "file")

@@ -45,10 +45,19 @@ def test_requirements_do_not_pin_torch():
     assert spec.startswith(">=") and "," not in spec
 
 
-def test_pyproject_reads_both_requirement_files():
+def test_pyproject_reads_the_requirement_files_a_student_an_instructor_and_a_developer_install():
+    """Issue 16: otter-grader (with sphinx, playwright, python-on-whales) is not in a student's runtime."""
     dynamic = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
     assert dynamic["dependencies"]["file"] == ["requirements.txt"]
-    assert dynamic["optional-dependencies"]["test"]["file"] == ["requirements-test.txt"]
+    extras = {name: entry["file"] for name, entry in dynamic["optional-dependencies"].items()}
+    assert extras == {"assignments": ["requirements-assignments.txt"],
+                      "test": ["requirements-assignments.txt", "requirements-test.txt"]}
+    assert "otter-grader" not in parse((ROOT / "requirements.txt").read_text().splitlines())
+    assert "otter-grader" in parse((ROOT / "requirements-assignments.txt").read_text().splitlines())
+
+
+def test_the_conda_environment_installs_what_the_readme_test_command_needs():
+    assert "- -e .[test]" in (ROOT / "environment.yml").read_text()
 
 
 def test_ci_runs_the_readme_commands():

@@ -75,7 +75,7 @@ def test_every_preset_is_named_by_its_key_and_ci_is_the_smallest():
 def test_every_preset_nests_one_frozen_config_per_stage(name):
     """Each section of a preset is its stage's own config class, frozen; the trainers' share TrainConfig."""
     preset = presets.PRESETS[name]
-    assert [f.name for f in dataclasses.fields(preset)] == ["name", "description", *SECTIONS]
+    assert [f.name for f in dataclasses.fields(preset)] == ["name", "description", "stages_time", *SECTIONS]
     for section, cls in SECTIONS.items():
         config = getattr(preset, section)
         assert type(config) is cls, (name, section)

@@ -221,3 +221,17 @@ def test_a_notebooks_quick_frontier_keeps_the_middle_of_each_sweep():
     preset = get_preset("cpu", cut, verbose=False)  # a valid preset: Best-of-N's largest N still a multiple of all
     assert len(study.settings(preset, ["DPO", "PPO", "Best-of-N"])) == 5
     assert study.middle_settings(PRESETS["ci"].frontier)["frontier.dpo_betas"] == [0.1, 1.0]  # ci keeps its two
+
+
+def test_a_notebook_that_must_build_notebook_04s_stages_says_so_first(tiny_study, tmp_path, capsys):
+    """Issue 16: notebook 05 run before 04 trained SFT, the pairs and the reward model without a word."""
+    preset, folder, _ = tiny_study
+    study.prepare(preset, folder)
+    assert "Notebook 04's stages are not in" not in capsys.readouterr().out  # all read back
+    copy = tmp_path / "without_sft"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(copy / "sft")
+    study.prepare(preset, copy)
+    out = capsys.readouterr().out
+    assert out.index(study.stages_banner(preset, copy)) < out.index("SFT (π_ref): new; building")
+    assert preset.stages_time in study.stages_banner(preset, copy)
