@@ -119,7 +119,7 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
         try:
             papermill.execute_notebook(
                 str(notebook), str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR),
-                progress_bar=True, execution_timeout=cell_timeout
+                progress_bar=True, execution_timeout=cell_timeout, config=kernel_config()
             )
         except papermill.PapermillExecutionError as error:  # the cause first, not a page of frames
             raise SystemExit(f"{notebook.name} stopped in cell [{error.exec_count}]: "
@@ -132,11 +132,21 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
                                                "records": read_records(executed)}
         print(f"    done in {seconds:.1f} s → {executed}", flush=True)
     save_json(summary, out / "summary.json", indent=2)
-    print(f"\nwrote {out}:")
-    for path in sorted(out.rglob("*")):
-        if path.is_file():
-            print(f"  {path.relative_to(out)}  ({path.stat().st_size / 1024:.0f} KiB)")
+    print(f"\nwrote {out / 'summary.json'}, every recorded value and each notebook's seconds; "
+          f"the executed notebooks and the stages they built are beside it")
     return summary
+
+
+def kernel_config():
+    """The notebooks' kernel manager set to encrypt its channels (CurveZMQ) where jupyter_client
+    and pyzmq can: an ipykernel 7 kernel on plain TCP warns about it on every start."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    if not zmq.has("curve") or "transport_encryption" not in KernelManager.class_trait_names():
+        return Config()
+    return Config({"KernelManager": {"transport_encryption": "auto"}})
 
 
 def run_frontier(preset_name: str, out: Path, overrides: dict, seed: int = 0, workers: int = 1,

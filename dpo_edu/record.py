@@ -27,6 +27,22 @@ def _plain(value):
     return value
 
 
+def _shown(plain, inner: bool = False) -> str:
+    """``plain`` as a reader reads it, not as JSON: numbers to 6 significant digits, a dict as
+    ``key: value, …``, a table (a list of dicts) as its size and columns, text without quotes."""
+    if isinstance(plain, float):
+        return f"{plain:.6g}"
+    if isinstance(plain, dict):
+        items = ", ".join(f"{key}: {_shown(item, inner=True)}" for key, item in plain.items())
+        return f"({items})" if inner else items
+    if isinstance(plain, list) and plain and all(isinstance(row, dict) for row in plain):
+        columns = list(dict.fromkeys(key for row in plain for key in row))
+        return f"{len(plain)} rows of {', '.join(columns)}"
+    if isinstance(plain, list):
+        return f"[{', '.join(_shown(item, inner=True) for item in plain)}]"
+    return str(plain)
+
+
 SHOWN_CHARACTERS = 100  # a record shows one line: longer values are cut (the whole one is stored)
 
 
@@ -37,7 +53,7 @@ def record(name: str, value) -> None:
     from IPython.display import display
 
     plain = _plain(value)
-    shown = f"{plain:.6g}" if isinstance(plain, float) else json.dumps(plain, ensure_ascii=False)
+    shown = _shown(plain)
     if len(shown) > SHOWN_CHARACTERS:
         shown = shown[:SHOWN_CHARACTERS] + " …"
     if get_ipython() is None:  # a plain Python process: no notebook to store the value in

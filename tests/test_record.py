@@ -200,6 +200,18 @@ def test_a_long_value_is_shown_on_one_cut_line_and_stored_whole(captured):
     rec.record("table", value)
     (bundle,), _ = captured[0]
     shown = bundle["text/plain"]
-    assert shown.startswith('table = {"setting 0": {"reward": 0.0') and shown.endswith(" …")
+    assert shown.startswith("table = setting 0: (reward: 0, kl: 0), setting 1: (reward: 0.142857") and shown.endswith(" …")
     assert len(shown) == len("table = ") + rec.SHOWN_CHARACTERS + 2 and "\n" not in shown
     assert bundle[rec.MIME_TYPE]["value"] == value  # the tests read the whole value
+
+
+def test_a_dict_a_table_and_a_list_are_shown_as_a_reader_reads_them_not_as_json(captured):
+    """Issue 16: a recorded dict showed as raw JSON ({"DPO": 2, …})."""
+    rec.record("runs", {"DPO": 2, "PPO": 1})
+    rec.record("frontier_table", [{"method": "DPO", "budget": 1.0}, {"method": "PPO", "budget": 1.0, "low": 0.5}])
+    rec.record("errors", [0.7626797165952556, np.float64(0.5)])
+    rec.record("label", "positive")
+    shown = [objs[0]["text/plain"] for objs, _ in captured]
+    assert shown == ["runs = DPO: 2, PPO: 1", "frontier_table = 2 rows of method, budget, low",
+                     "errors = [0.76268, 0.5]", "label = positive"]
+    assert not any('{"' in line for line in shown)
