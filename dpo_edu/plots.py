@@ -280,7 +280,7 @@ def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
     fig, (ax,) = _figure(width=6)
     index = np.arange(len(rewards))
     ax.bar(index, rewards, width=0.6, color="tab:blue", label="ground truth p(positive)")
-    ax.set(xlabel="completion", ylabel="ground-truth reward p(positive)", ylim=(0, 1),
+    ax.set(xlabel="completion", ylabel="ground truth p(positive)", ylim=(0, 1),
            title=f"“{prompt}” …")
     ax.set_xticks(index)
     if model_scores is not None:
@@ -291,7 +291,7 @@ def plot_prompt_samples(prompt: str, rewards, model_scores=None) -> Figure:
         twin.plot(index, shifted, "D", color="tab:orange", ms=8,
                   label="reward model r_φ − its mean (a shift means nothing)")
         twin.set(ylim=(-lim, lim))
-        twin.set_ylabel("r_φ − mean over the completions", color="tab:orange")
+        twin.set_ylabel("r_φ − its mean", color="tab:orange")
         fig.legend(loc="outside lower center", ncol=2)
     return fig
 

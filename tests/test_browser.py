@@ -1,10 +1,11 @@
-"""The interactive explorers in a real browser: Voilà serves a course notebook (preset ``ci``, sliders on),
-headless Chromium moves a control, and the readout and the plot must change.
+"""The course in a real browser. The interactive explorers: Voilà serves a course notebook (preset ``ci``, sliders
+on), headless Chromium moves a control, and the readout and the plot must change. A student's Run All: JupyterLab
+opens a notebook, runs every cell, and the kernel must read busy while a cell trains and the outputs be clean.
 
 Run alone with ``python -m pytest -m browser``; skip with ``-m "not browser"``. Needs a Chromium-family
 browser: Debian's ``chromium`` (``sudo apt-get install chromium``), Ubuntu's ``chromium-browser`` snap or
 Google Chrome, found on the PATH, or any other through the environment variable DPO_EDU_CHROMIUM (its
-path). The ``playwright`` wheel drives it (no browser is downloaded), and ``voila`` serves the notebook.
+path). The ``playwright`` wheel drives it (no browser is downloaded); ``voila`` and ``jupyterlab`` serve.
 Where one is missing the tests skip, or fail when the environment variable CI is set.
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -121,7 +124,7 @@ def voila(notebook: Path, log: Path):
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + VOILA_START_SECONDS
-        while not answers(url):
+        while not answers(url + "voila/static/"):
             try:  # the poll interval, cut short if Voilà exits
                 code = process.wait(timeout=0.5)
                 pytest.fail(f"Voilà exited with code {code} before answering on {url}; its log {log}:\n{tail(log)}")
@@ -139,9 +142,9 @@ def voila(notebook: Path, log: Path):
 
 
 def answers(url: str) -> bool:
-    """Whether an HTTP server answers at ``url``; a cheap static path, not the notebook (which would run it)."""
+    """Whether an HTTP server answers at ``url`` (for Voilà a cheap static path, not the notebook, which it runs)."""
     try:
-        urllib.request.urlopen(url + "voila/static/", timeout=5)
+        urllib.request.urlopen(url, timeout=5)
     except urllib.error.HTTPError:
         return True  # any status means it is up
     except (urllib.error.URLError, OSError):
@@ -302,3 +305,203 @@ def test_find_chromium_takes_the_environment_then_the_path(monkeypatch, tmp_path
     monkeypatch.delenv("DPO_EDU_CHROMIUM")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert find_chromium() is None
+
+
+# --- JupyterLab: Run All, as a student does --------------------------------------------------------------------
+
+LAB_START_SECONDS = 120
+RUN_ALL_SECONDS = 1200  # 04 at ci from nothing: ~1 minute on 2 idle cores
+LONG_CELL_SECONDS = 3  # a cell that runs longer (training, sampling) must keep the kernel's status busy throughout
+TOKEN = "dpo-edu-test"
+PANEL = "window.jupyterapp?.shell.currentWidget"  # the open notebook's panel (the app is exposed: see jupyterlab())
+KERNEL_IDLE_JS = f"() => {PANEL}?.sessionContext?.session?.kernel?.status === 'idle'"
+RUN_ALL_JS = """() => {
+    window.runAll = "running";
+    window.jupyterapp.commands.execute("notebook:run-all-cells").then(
+        ok => { window.runAll = ok ? "done" : "a cell failed"; }, error => { window.runAll = String(error); });
+}"""
+# What a student should not have to read in a cell's output (the progress bars' own HTML is theirs to show).
+NOISE = {
+    "an object's repr": re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-f]+>"),
+    "a raw JSON dump": re.compile(r'\{"'),
+    "a text progress bar": re.compile(r"\d+%\|"),
+    "transformers' loading or saving bars": re.compile(r"Loading weights|Writing model shards|Loading checkpoint"),
+}
+WIDGET_PROGRESS = ".widget-hprogress, .widget-progress"  # tqdm.auto's ipywidgets bars
+
+
+def ws_message(payload) -> dict | None:
+    """A kernel message from one of JupyterLab's websocket frames: JSON text, or the binary v1 protocol
+    (n, n offsets, then channel, header, parent header, metadata, content, buffers)."""
+    if isinstance(payload, str):
+        return json.loads(payload)
+    count = int.from_bytes(payload[:8], "little")
+    offsets = [int.from_bytes(payload[8 * i : 8 * i + 8], "little") for i in range(1, count + 1)]
+    parts = [payload[start:end] for start, end in zip(offsets, offsets[1:] + [len(payload)])]
+    if len(parts) < 5:
+        return None
+    channel, header, parent, _, content = (part.decode() for part in parts[:5])
+    return {"channel": channel, "header": json.loads(header), "parent_header": json.loads(parent or "{}"),
+            "content": json.loads(content or "{}")}
+
+
+@contextmanager
+def jupyterlab(root: Path, log: Path):
+    """JupyterLab serving ``root`` on loopback with its app exposed to page scripts, its settings and workspaces
+    in ``root``'s own folders (a user's are not read); yields its URL once it answers."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
+        "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}",
+        f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+    ]
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + LAB_START_SECONDS
+        while not answers(f"{url}/api/status?token={TOKEN}"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer on {url} (exit code {process.poll()}); log {log}:\n{tail(log)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class KernelWatch:
+    """The kernel's status as the page receives it (every iopub status message, with the request it answers) and as
+    the server reports it (``/api/kernels``, polled in a thread), with the time of each."""
+
+    def __init__(self, page, url: str):
+        self.url, self.statuses, self.polls, self.requests = url, [], [], {}
+        self._stop = threading.Event()
+        page.on("websocket", self._connect)
+
+    def _connect(self, websocket) -> None:
+        if "/api/kernels/" in websocket.url:  # a kernel's channels (not the server's events, not a terminal)
+            websocket.on("framereceived", self._received)
+            websocket.on("framesent", self._sent)
+
+    def _received(self, payload) -> None:
+        message = ws_message(payload)
+        if message and message["header"]["msg_type"] == "status":
+            parent = message["parent_header"]
+            self.statuses.append((time.monotonic(), message["content"]["execution_state"],
+                                  parent.get("msg_type"), parent.get("msg_id")))
+
+    def _sent(self, payload) -> None:
+        message = ws_message(payload)
+        if message and message["header"]["msg_type"] == "execute_request":
+            self.requests[message["header"]["msg_id"]] = message["content"]["code"]
+
+    def poll(self) -> None:
+        while not self._stop.wait(0.25):
+            with urllib.request.urlopen(f"{self.url}/api/kernels?token={TOKEN}", timeout=30) as response:
+                kernels = json.load(response)
+            self.polls.append((time.monotonic(), [kernel["execution_state"] for kernel in kernels]))
+
+    @contextmanager
+    def polling(self):
+        thread = threading.Thread(target=self.poll, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+
+    def cells(self) -> list[tuple[str, float, float]]:
+        """Each executed cell: (its code, when the kernel went busy on it, when it went idle)."""
+        spans = {}
+        for at, state, _, parent in self.statuses:
+            if parent in self.requests:
+                spans.setdefault(parent, {})[state] = at
+        return [(self.requests[key], span["busy"], span["idle"]) for key, span in spans.items()
+                if {"busy", "idle"} <= set(span)]
+
+    def idle_while_running(self, longer_than: float = 0.0) -> list[str]:
+        """Every "idle" the kernel sent while a cell ran (one longer than ``longer_than`` seconds), answering another
+        request: what JupyterLab's status bar and /api/kernels then read until the next cell starts."""
+        found = []
+        for code, start, end in self.cells():
+            for at, state, kind, parent in self.statuses:
+                if end - start > longer_than and start < at < end and state == "idle" and parent not in self.requests:
+                    found.append(f"{at - start:.1f} s into the cell starting {code[:60]!r}: idle answering {kind}")
+        return found
+
+
+def shown_text(output: dict) -> str:
+    """What JupyterLab shows of an output as text: a stream's, or the plain text of a result without a richer form."""
+    if output["output_type"] == "stream":
+        return "".join(output["text"])
+    if output["output_type"] == "error":
+        return f"{output['ename']}: {output['evalue']}"
+    data = output.get("data", {})
+    if any(kind != "text/plain" for kind in data):
+        return ""  # HTML, an image or a widget is drawn instead
+    text = data.get("text/plain", "")
+    return "".join(text) if isinstance(text, list) else text
+
+
+@pytest.mark.usefixtures("browser")  # first: skip before the minutes of ci_course_run when there is no browser
+@pytest.mark.parametrize("name, training", [("01_bradley_terry", None),
+                                            ("04_gpt2_preferences", "pipeline.reference_policy("),
+                                            ("05_rlhf_vs_dpo", None)])
+def test_jupyterlab_run_all_keeps_the_kernel_busy_and_the_output_clean(browser, tmp_path, request, name, training):
+    """Issue 16, as a student: the notebook at ``ci`` opened in JupyterLab, Run All. While any cell runs the kernel
+    never reports idle (JupyterLab's status bar and /api/kernels read its status messages), and while notebook
+    04's SFT cell trains (from nothing) /api/kernels reads busy. No output shows an object repr, raw JSON or a
+    third-party progress bar, and no cell fails. 05 reads notebook 04's and its own stages back (ci_course_run)."""
+    require(importlib.util.find_spec("jupyterlab") is not None, "jupyterlab")
+    run_dir = request.getfixturevalue("ci_course_run") if name == "05_rlhf_vs_dpo" else tmp_path / "run"
+    (source,) = course_notebooks([name])
+    notebook = tmp_path / source.name
+    parameters = {"PRESET": "ci", "INTERACTIVE": True}
+    if "RUN_DIR" in papermill.inspect_notebook(str(source)):
+        parameters["RUN_DIR"] = str(run_dir)
+    papermill.execute_notebook(str(source), str(notebook), prepare_only=True, progress_bar=False,
+                               parameters=parameters)
+    log, screenshot = tmp_path / "jupyterlab.log", tmp_path / f"{name}.png"
+    with jupyterlab(tmp_path, log) as url:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        watch = KernelWatch(page, url)
+        try:
+            page.goto(f"{url}/lab/tree/{notebook.name}?token={TOKEN}")
+            page.wait_for_function(KERNEL_IDLE_JS, timeout=LAB_START_SECONDS * 1000)
+            with watch.polling():
+                page.evaluate(RUN_ALL_JS)
+                page.wait_for_function("() => window.runAll !== 'running'", timeout=RUN_ALL_SECONDS * 1000,
+                                       polling=500)
+            outcome = page.evaluate("() => window.runAll")
+            model = page.evaluate(f"() => {PANEL}.content.model.toJSON()")
+            widget_bars = page.locator(WIDGET_PROGRESS).count()
+            page.screenshot(path=screenshot, full_page=True)
+        finally:
+            context.close()
+    where = f"(screenshot {screenshot}, JupyterLab log {log})"
+    problems = [f"cell {index}: {what}: {pattern.search(text).group(0)!r} in {text[:160]!r}"
+                for index, cell in enumerate(model["cells"]) for output in cell.get("outputs", [])
+                for text in [shown_text(output)] for what, pattern in NOISE.items() if pattern.search(text)]
+    problems += [f"cell {index}: {shown_text(output)}" for index, cell in enumerate(model["cells"])
+                 for output in cell.get("outputs", []) if output["output_type"] == "error"]
+    assert outcome == "done" and not problems, f"Run All: {outcome}; {problems} {where}"
+    assert widget_bars == 0, f"{widget_bars} ipywidgets progress bars on the page {where}"
+    # JupyterLab itself still sends control messages the kernel answers with busy, then idle (ipykernel issue 799):
+    # its debugger asks for debugInfo when a run starts or a tab is switched, and the first widget of a session opens
+    # a kernel subshell. Both come in short cells here (the first cell, an explorer's); a long cell must show busy.
+    print("idle while a short cell ran:", watch.idle_while_running())
+    assert watch.idle_while_running(longer_than=LONG_CELL_SECONDS) == [], where
+    if training:
+        ((start, end),) = [(start, end) for code, start, end in watch.cells() if training in code]
+        during = [states for at, states in watch.polls if start + 0.5 < at < end - 0.5]
+        assert end - start > 2 and during, f"the training cell ran {end - start:.1f} s, {len(during)} polls"
+        assert all(states == ["busy"] for states in during), f"/api/kernels while it trained: {during} {where}"

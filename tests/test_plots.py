@@ -168,7 +168,7 @@ def test_prompt_samples_draw_the_reward_model_centred_as_points():
     points = [line for line in twin.lines if line.get_marker() == "D"][0]
     np.testing.assert_allclose(points.get_xydata(), [[0, -1.0], [1, 0.0], [2, -2.0], [3, 3.0]])
     low, high = twin.get_ylim()
-    assert low == -high and high >= 3.0 and "− mean" in twin.get_ylabel()
+    assert low == -high and high >= 3.0 and "− its mean" in twin.get_ylabel()
     assert len(plots.plot_prompt_samples("The film", [0.5, 0.5]).axes) == 1
     plots.plot_prompt_samples("The film", [0.5, 0.5], model_scores=[1.0, 1.0])  # equal scores: still an axis
 
