@@ -70,13 +70,15 @@ def sample_pairs(bandit: toy.Bandit, n_pairs: int, seed: int = 0,
     )
 
 
-def _adam_loop(ref: Tensor, loss_fn, steps: int, lr: float, log_fn) -> TrainingResult:
-    """Adam on logits θ initialised at log π_ref; ``log_fn(π) -> dict`` is recorded every step."""
+def _adam_loop(ref: Tensor, loss_fn, steps: int, lr: float, log_fn,
+               eps: float = 1e-8) -> TrainingResult:
+    """Adam, step lr·m̂/(√v̂ + eps), on logits θ initialised at log π_ref; ``log_fn(π) -> dict`` is
+    recorded every step."""
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     check_positive("lr", lr)
     logits = ref.log().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([logits], lr=lr)
+    optimizer = torch.optim.Adam([logits], lr=lr, eps=eps)
     history: dict[str, list[float]] = {}
     with toy.one_thread():
         for step in range(steps):
@@ -94,12 +96,15 @@ def _adam_loop(ref: Tensor, loss_fn, steps: int, lr: float, log_fn) -> TrainingR
 
 def ascend_objective(bandit: toy.Bandit, beta: float, steps: int = 2000,
                      lr: float = 0.05) -> TrainingResult:
-    """Maximise the prompt-mean J(π_θ) by Adam; logs J and max |π_θ − π*| every step."""
+    """Maximise J(π_θ) on every prompt by Adam; logs the prompt-mean J and max |π_θ − π*| each step.
+
+    Adam's ε = lr/50 caps its step size lr/(√v̂ + ε) at 50: with ε = 1e-8 that step grows as the
+    gradient vanishes near π*, until momentum overshoots (error 1e-5 → 1e-3 at step 1,380)."""
     beta = check_positive("beta", beta)
     pi_star = toy.optimal_policy(bandit.ref, bandit.reward, beta)
 
-    def loss_fn(logits):
-        return -toy.objective(logits.softmax(-1), bandit.ref, bandit.reward, beta).mean()
+    def loss_fn(logits):  # Σ_x −J(x)/β = Σ_x KL(π_θ ‖ π*)(x) − log Z(x): near π*, curvature ≤ ½
+        return -toy.objective(logits.softmax(-1), bandit.ref, bandit.reward, beta).sum() / beta
 
     def log_fn(policy):
         return {
@@ -107,7 +112,8 @@ def ascend_objective(bandit: toy.Bandit, beta: float, steps: int = 2000,
             "max_abs_error": (policy - pi_star).abs().max().item(),
         }
 
-    return _adam_loop(bandit.ref, loss_fn, steps, lr, log_fn)
+    # Adam's momentum is stable while step size × curvature < 2(1 + β₁)/(1 − β₁) = 38: 50 · ½ = 25
+    return _adam_loop(bandit.ref, loss_fn, steps, lr, log_fn, eps=lr / 50)
 
 
 def pair_logps(logits: Tensor, pairs: PreferencePairs) -> tuple[Tensor, Tensor]:

@@ -200,7 +200,8 @@ def test_a_long_value_is_shown_on_one_cut_line_and_stored_whole(captured):
     rec.record("table", value)
     (bundle,), _ = captured[0]
     shown = bundle["text/plain"]
-    assert shown.startswith("table = setting 0: (reward: 0, kl: 0), setting 1: (reward: 0.142857") and shown.endswith(" …")
+    assert shown.startswith("table = setting 0: (reward: 0, kl: 0), setting 1: (reward: 0.142857")
+    assert shown.endswith(" …")
     assert len(shown) == len("table = ") + rec.SHOWN_CHARACTERS + 2 and "\n" not in shown
     assert bundle[rec.MIME_TYPE]["value"] == value  # the tests read the whole value
 

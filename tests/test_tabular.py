@@ -109,7 +109,7 @@ def test_ascend_objective_converges_to_closed_form():
     """Adam on J(π_θ) with the true reward reaches max|π − π*| < 1e-3 and J → mean β log Z."""
     bandit = toy.random_bandit(n_prompts=3, n_responses=4, seed=0)
     beta = 0.5
-    result = tabular.ascend_objective(bandit, beta, steps=400, lr=0.05)  # measured error 4e-7
+    result = tabular.ascend_objective(bandit, beta, steps=400, lr=0.05)  # measured error 3e-6
     ref, reward = bandit.ref.numpy(), bandit.reward.numpy()
     pi_star = _np_optimal_policy(ref, reward, beta)
     assert np.abs(result.policy.numpy() - pi_star).max() < 1e-3
@@ -118,8 +118,25 @@ def test_ascend_objective_converges_to_closed_form():
     log_z = np.log((ref * np.exp(reward / beta)).sum(-1))
     assert result.history["objective"][-1] == pytest.approx(beta * log_z.mean(), abs=1e-6)
     assert result.history["objective"][-1] > result.history["objective"][0]
-    # Step 0 starts at π_ref, whose objective is E_ref[r] (zero KL).
-    assert result.history["loss"][0] == pytest.approx(-(ref * reward).sum(-1).mean(), rel=1e-12)
+    # Step 0 starts at π_ref, whose objective is E_ref[r] (zero KL); the loss is Σ_x −J(x)/β.
+    assert result.history["loss"][0] == pytest.approx(-(ref * reward).sum() / beta, rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0, 10.0])
+def test_ascend_objective_settles_without_spikes(beta):
+    """Notebooks 02/03's problem (4 × 6, seed 0): once below 1e-2, the error never climbs above 5× its running
+    minimum (momentum may ring a little; the minimum counted while above float64's 1e-12). At β = 0.5 it falls
+    monotonically: < 1e-5 at step 1,500 (preset ci, measured 6.1e-6), < 1e-11 at 3,000 (cpu, 5.3e-13).
+    Adam with ε = 1e-8 jumped from 1e-5 to 1e-3 at step 1,380 at β = 0.5 and ended at 2.1e-4."""
+    bandit = toy.random_bandit(n_prompts=4, n_responses=6, seed=0)
+    error = np.array(tabular.ascend_objective(bandit, beta, steps=3000, lr=0.05).history["max_abs_error"])
+    settled = error[np.argmax(error < 1e-2):]
+    running_min = np.minimum.accumulate(settled)[:-1]
+    rise = settled[1:] / running_min
+    assert rise[running_min > 1e-12].max() < 5
+    if beta == 0.5:
+        assert rise.max() <= 1.0
+        assert error[1499] < 1e-5 and error[-1] < 1e-11
 
 
 def test_ascend_objective_with_a_zero_in_the_reference():
