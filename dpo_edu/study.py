@@ -173,12 +173,14 @@ class Study(NamedTuple):
 
 
 def run_study(preset: Preset, run_dir, seed: int = 0, methods=None, workers: int = 1,
-              callback: Callable[[str], Any] | None = None, progress: bool = True) -> Study:
+              callback: Callable[[str], Any] | None = None, progress: bool = True,
+              shared: Shared | None = None) -> Study:
     """Every setting × seed of the frontier (seeds ``seed``, ``seed + 1``, …), run by run in
     ``workers`` processes of one thread each; each finished run is reused, so an interrupted study
-    restarts where it stopped. A folder of another preset's or another π_ref's study is refused."""
+    restarts where it stopped. A folder of another preset's or another π_ref's study is refused.
+    ``shared``: what ``prepare`` returned for this folder, if a notebook has already called it."""
     _claim(preset, run_dir, seed)
-    shared = prepare(preset, run_dir, seed=seed)
+    shared = shared or prepare(preset, run_dir, seed=seed)
     jobs = [(s, seed + k) for s in settings(preset, methods)
             for k in range(preset.frontier.seeds_of(s.method))]
     if workers > 1:  # fresh processes (spawn: torch's thread pools do not survive a fork)

