@@ -85,6 +85,19 @@ def preset_overrides(assignments: list[str]) -> dict:
     return overrides
 
 
+SUMMARY_FIELDS = {
+    "preset": "the preset every notebook ran with (dpo_edu/presets.py)",
+    "overrides": "preset fields replaced with --set, by dotted name",
+    "notebooks.NAME.seconds": "wall-clock seconds of the notebook, its kernel's start included",
+    "notebooks.NAME.stages": "each stage of the run folder the notebook asked for, in order: "
+                             "reused, resumed or built, and why",
+    "notebooks.NAME.records": "every value the notebook recorded with record(name, value), by name; "
+                              "the cell that records it says what it is. Units: KL in nats, "
+                              "ground-truth rewards p(positive) in [0, 1], seconds, token counts, "
+                              "memory in MB",
+}
+
+
 def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int = 0,
                overrides: dict | None = None, cell_timeout: int | None = None) -> dict:
     """Execute notebooks into ``out``; returns (and writes to out/summary.json) records and timings.
@@ -102,7 +115,8 @@ def run_course(preset: str, out: Path, names: list[str] | None = None, seed: int
         raise SystemExit(f"--set: {error}") from None
     notebooks = course_notebooks(names)  # an unknown name stops before anything is written
     make_folder(out)
-    summary = {"preset": preset, "overrides": overrides or {}, "notebooks": {}}
+    summary = {"about": SUMMARY_FIELDS, "preset": preset, "overrides": overrides or {},
+               "notebooks": {}}
     for index, notebook in enumerate(notebooks, 1):
         print(f"[{index}/{len(notebooks)}] {notebook.name} (preset {preset})", flush=True)
         declared = papermill.inspect_notebook(str(notebook))

@@ -19,6 +19,7 @@ from .data import Report
 from .losses import LOSS_TYPES, dpo_loss
 from .models import response_logps
 from .preferences import EOS_RULES, SIDES, pair_token_ids
+from .progress import progress_bar
 from .training import TrainConfig, minimize, train_loop
 from .validate import check_int, check_positive
 
@@ -114,11 +115,12 @@ def _right_padded(sequences: Sequence[tuple[list[int], list[int]]], pad_token_id
     return {"input_ids": ids, "attention_mask": mask, "response_mask": response}
 
 
-def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1
+def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1, desc: str | None = None
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(log π(y_w|x), log π(y_l|x), tokens of y_w, tokens of y_l)`` of tokenized pairs.
 
-    With ``buckets=k`` the 2n rows, sorted by length, go through k forward passes (less padding).
+    With ``buckets=k`` the 2n rows, sorted by length, go through k forward passes (less padding);
+    ``desc`` names a progress bar over them.
     """
     if not rows:
         return (torch.empty(0),) * 4
@@ -129,7 +131,7 @@ def pair_logps(model, tokenizer, rows: Sequence[dict], buckets: int = 1
     size = math.ceil(len(order) / buckets)
     chunks = [order[s : s + size] for s in range(0, len(order), size)]
     parts = [response_logps(model, _right_padded([sequences[i] for i in c], tokenizer.pad_token_id))
-             .sequence_logps for c in chunks]
+             .sequence_logps for c in progress_bar(chunks, desc=desc, disable=desc is None)]
     back = torch.argsort(torch.tensor(order)).to(parts[0].device)  # to the rows' order
     logps = torch.cat(parts)[back]
     tokens = torch.tensor([len(r) for _, r in sequences], device=logps.device)
@@ -160,7 +162,8 @@ def precompute_reference_logps(ref_model, tokenizer, pairs: Sequence[dict],
     ref_model.eval()  # no dropout: the reference is the deterministic π_ref
     try:  # every row sorted by length, batch_size pairs a pass: hardly any padding computed
         chosen, rejected, _, _ = pair_logps(ref_model, tokenizer, rows,
-                                            math.ceil(len(rows) / batch_size))
+                                            math.ceil(len(rows) / batch_size),
+                                            desc="log π_ref of the pairs" if verbose else None)
     finally:
         ref_model.train(was_training)
     out = [{**pairs[row["index"]], "ref_chosen_logps": c, "ref_rejected_logps": r}

@@ -1,6 +1,7 @@
 """The dpo-edu command line (``run`` itself is exercised by test_notebooks.py)."""
 
 import ast
+import json
 import re
 
 import pytest
@@ -106,6 +107,8 @@ def test_run_passes_overrides_into_the_notebook(tmp_path):
     """Two steps of gradient ascent instead of the preset's hundreds: far from π*, as the notebook records."""
     summary = cli.run_course("ci", tmp_path, ["02"], overrides={"toy.steps": 2})
     assert summary["overrides"] == {"toy.steps": 2}
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == summary and set(saved["about"]) >= {"preset", "notebooks.NAME.records"}  # what each field is
     records = summary["notebooks"]["02_optimal_policy"]["records"]
     assert records["ascent_max_abs_error"] > 1e-2  # the ci preset's own steps reach ~6e-6
 
