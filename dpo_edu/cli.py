@@ -91,10 +91,10 @@ SUMMARY_FIELDS = {
     "notebooks.NAME.seconds": "wall-clock seconds of the notebook, its kernel's start included",
     "notebooks.NAME.stages": "each stage of the run folder the notebook asked for, in order: "
                              "reused, resumed or built, and why",
-    "notebooks.NAME.records": "every value the notebook recorded with record(name, value), by name; "
-                              "the cell that records it says what it is. Units: KL in nats, "
-                              "ground-truth rewards p(positive) in [0, 1], seconds, token counts, "
-                              "memory in MB",
+    "notebooks.NAME.records": "every value the notebook recorded with record(name, value), by "
+                              "name; the cell that records it says what it is. Units: KL in "
+                              "nats, ground-truth rewards p(positive) in [0, 1], seconds, token "
+                              "counts, memory in MB",
 }
 
 

@@ -24,7 +24,7 @@ from .losses import LOSS_TYPES
 from .models import chunked_logps, response_logps
 from .reward_model import score_samples
 from .sampling import Generation, check_prompts, sample
-from .training import (Batch, Optimizer, TrainConfig, check_finite_loss, check_finite_scores,
+from .training import (Batch, Optimizer, TrainConfig, check_finite_scores, finite_loss,
                        disable_dropout, train_loop)
 from .validate import check_positive
 
@@ -91,9 +91,9 @@ def train_online_dpo(policy, ref_model, tokenizer, prompts: Sequence[str], score
         chosen, rejected = label_pairs(now.sequence_logps, scores)
         ref_chosen, ref_rejected = label_pairs(ref, scores)
         n_w, n_l = label_pairs(tokens, scores)
-        loss, metrics = preference_loss(chosen, rejected, ref_chosen, ref_rejected, n_w, n_l,
-                                        config)
-        check_finite_loss(loss, batch)
+        loss, metrics = finite_loss(  # a NaN log-prob the loss refuses names this step and batch
+            lambda logps: preference_loss(*logps, n_w, n_l, config),
+            (chosen, rejected, ref_chosen, ref_rejected), batch)
         optimizer.zero_grad()
         loss.backward()
         grad_norm = optimizer.step(batch)

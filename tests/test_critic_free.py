@@ -14,7 +14,7 @@ import string
 import pytest
 import torch
 
-from dpo_edu import critic_free, losses, models
+from dpo_edu import critic_free, losses, models, online_dpo
 from dpo_edu.checkpoints import find_checkpoint
 from dpo_edu.critic_free import GRPOConfig, RLOOConfig, grpo_advantages, grpo_loss, k3, rloo_advantages, rloo_loss
 from dpo_edu.online_dpo import OnlineDPOConfig, label_pairs, train_online_dpo
@@ -218,6 +218,19 @@ def test_a_non_finite_score_names_its_step(tiny_lm, name, one_thread):
 
     with pytest.raises(FloatingPointError, match=r"non-finite score at step 2 for prompts \[\d+\]"):
         _train(tiny_lm, name, score_fn=nan_later)
+
+
+def test_online_dpo_names_the_step_when_its_loss_refuses_a_nan_log_prob(tiny_lm, monkeypatch, one_thread):
+    """A NaN log-prob (a diverged policy) stops online DPO with the step and the batch, as every trainer."""
+    real = online_dpo.preference_loss
+
+    def nan_at_step_2(chosen, *rest, calls=[]):  # noqa: B006 - counts the calls
+        calls.append(1)
+        return real(chosen * math.nan if len(calls) == 2 else chosen, *rest)
+
+    monkeypatch.setattr(online_dpo, "preference_loss", nan_at_step_2)
+    with pytest.raises(FloatingPointError, match=r"chosen_logps has a non-finite value .* at step 2 \(epoch"):
+        _train(tiny_lm, "Online DPO")
 
 
 def test_online_dpo_step_is_dpo_on_the_policy_s_own_samples_labelled_by_the_reward(tiny_lm, one_thread):
