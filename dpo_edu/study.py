@@ -94,7 +94,7 @@ def prepare(preset: Preset, run_dir, seed: int = 0, callback=None) -> Shared:
     Where notebook 04 has not built π_ref in ``run_dir``, a banner says what will be built, and
     roughly how long it takes."""
     if not finished(Path(run_dir) / "sft", pipeline.reference_settings(preset, seed)):
-        print(stages_banner(preset, run_dir))
+        print(stages_banner(preset, run_dir, seed))
     ref = pipeline.reference_policy(preset, run_dir, seed=seed)
     reward = pipeline.ground_truth_reward(preset, run_dir, seed=seed)
     pairs = pipeline.preference_pairs(preset, run_dir, ref=ref, reward=reward, seed=seed)
@@ -127,11 +127,11 @@ def train_config(preset: Preset, setting: Setting, seed: int, items: int):
     return replace(config, eval_every=every)
 
 
-def stages_banner(preset: Preset, run_dir) -> str:
+def stages_banner(preset: Preset, run_dir, seed: int = 0) -> str:
     """What a notebook after 04 says before it builds notebook 04's stages itself."""
     rule = "─" * 88
-    return (f"{rule}\nNotebook 04's stages are not in {run_dir} (preset {preset.name}, its seed): "
-            f"building them first,\n{preset.stages_time}: π_ref (SFT), the ground-truth "
+    return (f"{rule}\nNotebook 04's stages are not in {run_dir} (preset {preset.name}, seed "
+            f"{seed}): building them first,\n{preset.stages_time}: π_ref (SFT), the ground-truth "
             f"classifier, the preference pairs and the reward model.\nRun notebook 04 first to "
             f"watch them train; every later notebook then reads them back.\n{rule}")
 
