@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,38 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 64,
             "model.vocab_size": 300, "data.reviews": 100, "generation.max_new_tokens": 6, "pairs.prompts": 6,
             "pairs.eval_prompts": 2, "pairs.batch_size": 8}
+
+
+# What a student should not have to read in a cell's output (a progress bar's own HTML is theirs to show).
+OUTPUT_NOISE = {
+    "an object's repr": re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-f]+>"),
+    "a raw JSON dump": re.compile(r'\{"'),
+    "a text progress bar": re.compile(r"\d+%\|"),
+    "transformers' loading or saving bars": re.compile(r"Loading weights|Writing model shards|Loading checkpoint"),
+}
+
+
+RICH_OUTPUTS = ("text/html", "text/markdown", "text/latex", "image/", "application/vnd.jupyter.widget-view+json")
+
+
+def shown_text(output: dict) -> str:
+    """What JupyterLab shows of an output as text: a stream's, or the plain text of a result without a richer form."""
+    if output["output_type"] == "stream":
+        return "".join(output["text"])
+    if output["output_type"] == "error":
+        return f"{output['ename']}: {output['evalue']}"
+    data = output.get("data", {})
+    if any(kind.startswith(RICH_OUTPUTS) for kind in data):
+        return ""  # drawn instead of the plain text (a record's own MIME type is not: its text shows)
+    text = data.get("text/plain", "")
+    return "".join(text) if isinstance(text, list) else text
+
+
+def output_noise(cells: list[dict]) -> list[str]:
+    """Every output of ``cells`` (nbformat's) that shows one of ``OUTPUT_NOISE``, named by cell and what it is."""
+    return [f"cell {index}: {what}: {pattern.search(text).group(0)!r} in {text[:160]!r}"
+            for index, cell in enumerate(cells) for output in cell.get("outputs", [])
+            for text in [shown_text(output)] for what, pattern in OUTPUT_NOISE.items() if pattern.search(text)]
 
 
 def load_script(relative: str):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import papermill
 import pytest
+from conftest import output_noise, shown_text
 
 from dpo_edu.cli import course_notebooks
 from dpo_edu.widgets import READOUT_CLASS
@@ -320,13 +320,6 @@ RUN_ALL_JS = """() => {
     window.jupyterapp.commands.execute("notebook:run-all-cells").then(
         ok => { window.runAll = ok ? "done" : "a cell failed"; }, error => { window.runAll = String(error); });
 }"""
-# What a student should not have to read in a cell's output (the progress bars' own HTML is theirs to show).
-NOISE = {
-    "an object's repr": re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-f]+>"),
-    "a raw JSON dump": re.compile(r'\{"'),
-    "a text progress bar": re.compile(r"\d+%\|"),
-    "transformers' loading or saving bars": re.compile(r"Loading weights|Writing model shards|Loading checkpoint"),
-}
 WIDGET_PROGRESS = ".widget-hprogress, .widget-progress"  # tqdm.auto's ipywidgets bars
 
 
@@ -438,19 +431,6 @@ class KernelWatch:
         return found
 
 
-def shown_text(output: dict) -> str:
-    """What JupyterLab shows of an output as text: a stream's, or the plain text of a result without a richer form."""
-    if output["output_type"] == "stream":
-        return "".join(output["text"])
-    if output["output_type"] == "error":
-        return f"{output['ename']}: {output['evalue']}"
-    data = output.get("data", {})
-    if any(kind != "text/plain" for kind in data):
-        return ""  # HTML, an image or a widget is drawn instead
-    text = data.get("text/plain", "")
-    return "".join(text) if isinstance(text, list) else text
-
-
 @pytest.mark.usefixtures("browser")  # first: skip before the minutes of ci_course_run when there is no browser
 @pytest.mark.parametrize("name, training", [("01_bradley_terry", None),
                                             ("04_gpt2_preferences", "pipeline.reference_policy("),
@@ -488,9 +468,7 @@ def test_jupyterlab_run_all_keeps_the_kernel_busy_and_the_output_clean(browser, 
         finally:
             context.close()
     where = f"(screenshot {screenshot}, JupyterLab log {log})"
-    problems = [f"cell {index}: {what}: {pattern.search(text).group(0)!r} in {text[:160]!r}"
-                for index, cell in enumerate(model["cells"]) for output in cell.get("outputs", [])
-                for text in [shown_text(output)] for what, pattern in NOISE.items() if pattern.search(text)]
+    problems = output_noise(model["cells"])
     problems += [f"cell {index}: {shown_text(output)}" for index, cell in enumerate(model["cells"])
                  for output in cell.get("outputs", []) if output["output_type"] == "error"]
     assert outcome == "done" and not problems, f"Run All: {outcome}; {problems} {where}"

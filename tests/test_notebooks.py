@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CELL_TIMEOUT, WAIT_POLICY
+from conftest import CELL_TIMEOUT, WAIT_POLICY, output_noise
 
 from dpo_edu import cli
 from dpo_edu.cli import run_course
@@ -24,12 +24,16 @@ def read_run(out) -> dict[str, dict]:
     return {name: entry["records"] for name, entry in summary["notebooks"].items()}
 
 
+EXECUTED: dict[str, Path] = {}  # the executed copy of each notebook that ``execute`` ran
+
+
 def execute(name: str, tmp_path_factory) -> dict:
     """Run one notebook into its own run folder through ``dpo-edu run``'s code path."""
     out = tmp_path_factory.mktemp(name)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_WAIT_POLICY", WAIT_POLICY)
         run_course("ci", out, [name], cell_timeout=CELL_TIMEOUT)
+    EXECUTED[name] = out / f"{name}.ipynb"
     return read_run(out)[name]
 
 
@@ -252,3 +256,15 @@ def test_05_runs_ipo_from_a_dotted_override(ci_course_run, tmp_path):
     assert first["loss"] == pytest.approx(1 / (4 * 0.1**2), rel=1e-6)  # IPO at π = π_ref: (0 − 1/2β)² = 25
     ppo = Path("runs", "ppo", "target_4", "seed_0", "metrics.jsonl")
     assert (out / ppo).read_text() == (ci_course_run / ppo).read_text()  # reused, not rebuilt
+
+
+@pytest.mark.notebook
+@pytest.mark.usefixtures("bradley_terry", "optimal_policy", "dpo_objective")
+def test_no_output_of_any_notebook_shows_a_repr_raw_json_or_a_text_progress_bar(ci_course_run):
+    """Issue 16: what a student reads, in all seven notebooks at ``ci`` as papermill saved them (the browser test
+    checks 01, 04 and 05 as JupyterLab draws them)."""
+    notebooks = [EXECUTED[name] for name in ("01_bradley_terry", "02_optimal_policy", "03_dpo_objective")]
+    notebooks += sorted(ci_course_run.glob("0[4-7]_*.ipynb"))
+    assert len(notebooks) == 7
+    for notebook in notebooks:
+        assert output_noise(json.loads(notebook.read_text())["cells"]) == [], notebook.name
